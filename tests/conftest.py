@@ -1,0 +1,30 @@
+"""Test-session set-up: 8 simulated CPU devices, float32, a persistent compile cache.
+
+Must run before JAX initialises its backend, so it sets flags at import time.
+"""
+import os
+import pathlib
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+  os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import jax  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+jax.config.update("jax_compilation_cache_dir", str(ROOT / ".cache" / "jax_tests"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_default_matmul_precision", "highest")
+
+try:
+  import torch  # noqa: E402
+  torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+  pass
+
+SHARED = ROOT.parent / "shared"
+ASSETS = ROOT / ".assets"
