@@ -1,0 +1,235 @@
+"""Export a checkpoint back to PyTorch: safetensors shards + index + config (+ tokenizer).
+
+Spec: ``jax_practices.md`` item 7 (reverse exporter, multi-host) and section 9.6/9.8;
+``acformer.md`` 2.9 / 1.5 for the target layouts.
+
+* ``hf-llava``: a ``LlavaForConditionalGeneration`` directory (``from_pretrained``), in
+  the layout the checkpoint was converted from (or ``--layout``), all vocab rows kept.
+* ``llava`` / ``acformer``: the original key layout (``model.layers.*``, ``lm_head``,
+  ``model.mm_projector.*``) plus the CLIP tower in ``vision_tower/`` (a
+  ``CLIPVisionModel`` directory that ``mm_vision_tower`` points to).
+
+Parameters are restored one leaf at a time (Orbax partial restore, sharded over the
+mesh) and written one tensor (stacked-layer row) at a time; process 0 writes, other
+processes take part in the gathers. Output is written under a temporary name.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import shutil
+from typing import Dict, Optional
+
+import jax
+import numpy as np
+
+from acformer_jax import config as config_lib
+from acformer_jax.conversion import hf_llava, llava
+from acformer_jax.conversion import plan as plan_lib
+from acformer_jax.conversion import writer as writer_lib
+from acformer_jax.conversion.keymaps import KeyMap, clip_vision_keymap, flatten_paths
+from acformer_jax.conversion.pipeline import CONVERSION_FILE, EXTRAS_FILE, _barrier, target_tree
+from acformer_jax.inference import loading as inf_loading
+
+log = logging.getLogger("acformer_jax.export")
+FORMATS = ("hf-llava", "llava", "acformer")
+VISION_DIR = "vision_tower"
+
+
+def _to_host(x) -> np.ndarray:
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+class _LeafReader:
+  """Restores one stored leaf at a time onto its sharding (Orbax partial restore)."""
+
+  def __init__(self, params_dir: pathlib.Path, tree):
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    self.ocp, self.dir = ocp, params_dir
+    self.ckptr = ocp.PyTreeCheckpointer()
+    meta = self.ckptr.metadata(params_dir)
+    stored = flatten_paths(_tree_of(meta))
+    self.targets = {}
+    for path, t in flatten_paths(tree).items():
+      if path not in stored:
+        raise ValueError(f"{params_dir}: parameter {path} missing (does model_config.json match?)")
+      m = stored[path]
+      if tuple(m.shape) != tuple(t.shape):
+        raise ValueError(f"{params_dir}: {path} has shape {tuple(m.shape)}, model_config.json "
+                         f"implies {tuple(t.shape)}")
+      self.targets[path] = jax.ShapeDtypeStruct(t.shape, m.dtype, sharding=t.sharding)
+    self._cache = (None, None)
+
+  def dtype(self, path: str):
+    return np.dtype(self.targets[path].dtype)
+
+  def leaf(self, path: str):
+    if self._cache[0] != path:
+      self._cache = (None, None)
+      item: Dict = self.targets[path]
+      for k in reversed(path.split("/")):
+        item = {k: item}
+      args = jax.tree.map(lambda a: self.ocp.ArrayRestoreArgs(
+          sharding=a.sharding, global_shape=a.shape, dtype=a.dtype), item)
+      out = self.ckptr.restore(self.dir, args=self.ocp.args.PyTreeRestore(
+          item=item, restore_args=args, partial_restore=True))
+      for k in path.split("/"):
+        out = out[k]
+      self._cache = (path, out)
+    return self._cache[1]
+
+  def row(self, path: str, row: Optional[int]) -> np.ndarray:
+    x = self.leaf(path)
+    return _to_host(x if row is None else x[row])
+
+
+def _tree_of(meta):
+  tree = getattr(meta, "item_metadata", meta)
+  tree = getattr(tree, "tree", tree)
+  return tree
+
+
+def _plan_tensors(keymap: KeyMap, targets, dtype: np.dtype):
+  """``(name, shape, dtype)`` per output tensor, split views merged back."""
+  out, seen = [], set()
+  for e in keymap.entries:
+    t = targets[e.path]
+    shape = e.transform.inverse_shape(tuple(t.shape[1:]) if e.row is not None else tuple(t.shape))
+    m = plan_lib.SPLIT_RE.match(e.hf)
+    if m:
+      if m.group(1) in seen:
+        continue
+      seen.add(m.group(1))
+      out.append((m.group(1), (shape[0] * int(m.group(3)),) + tuple(shape[1:]), dtype))
+    else:
+      out.append((e.hf, shape, dtype))
+  return out
+
+
+def _write_keymap(reader: _LeafReader, keymap: KeyMap, directory: pathlib.Path, dtype,
+                  max_shard_bytes: int, extra: Optional[Dict[str, np.ndarray]] = None,
+                  progress: bool = False):
+  """Writes every keymap tensor (+ ``extra``) as shards; collective over processes."""
+  host0 = jax.process_index() == 0
+  planned = _plan_tensors(keymap, reader.targets, dtype)
+  planned += [(k, v.shape, dtype) for k, v in (extra or {}).items()]
+  w = writer_lib.ShardedWriter(directory, planned, max_shard_bytes) if host0 else None
+  parts: Dict[str, Dict[int, np.ndarray]] = {}
+  entries = sorted(keymap.entries, key=lambda e: e.path)  # one leaf restore per path
+  it = entries
+  if progress and host0:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    it = tqdm(entries, desc=f"export {directory.name}", unit="tensor")
+  for e in it:
+    arr = e.transform.inverse(reader.row(e.path, e.row))
+    if not host0:
+      continue
+    m = plan_lib.SPLIT_RE.match(e.hf)
+    if m:
+      got = parts.setdefault(m.group(1), {})
+      got[int(m.group(2))] = arr
+      if len(got) == int(m.group(3)):
+        w.write(m.group(1), np.concatenate([got[i] for i in range(len(got))], axis=0))
+        del parts[m.group(1)]
+    else:
+      w.write(e.hf, arr)
+  if host0:
+    for k, v in (extra or {}).items():
+      w.write(k, v)
+    return w.close()
+  return []
+
+
+def _copy_tokenizer(checkpoint: pathlib.Path, out: pathlib.Path) -> None:
+  src = inf_loading.find_tokenizer_dir(checkpoint)
+  if src is None:
+    log.warning("%s has no tokenizer; the export has none either", checkpoint)
+    return
+  for f in sorted(src.iterdir()):
+    if f.is_file() and (f.name.startswith(("tokenizer", "special_tokens", "added_tokens"))):
+      shutil.copy2(f, out / f.name)
+
+
+def export(checkpoint, fmt: str, output, *, mesh=None, layout: Optional[str] = None,
+           dtype: Optional[str] = None, max_shard_size="5GB", overwrite: bool = False,
+           progress: bool = False) -> pathlib.Path:
+  """Writes ``checkpoint`` (a converted / exported Orbax directory) as ``fmt``."""
+  from acformer_jax import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
+  if fmt not in FORMATS:
+    raise ValueError(f"unknown export format {fmt!r}; expected one of {FORMATS}")
+  checkpoint, output = pathlib.Path(checkpoint), pathlib.Path(output).absolute()
+  mc = inf_loading.read_model_config(checkpoint)
+  info_path = checkpoint / CONVERSION_FILE
+  info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+  if output.exists() and not overwrite:
+    raise FileExistsError(f"{output} exists (pass --overwrite to replace it)")
+  mesh = mesh if mesh is not None else sharding_lib.make_mesh((1, -1, 1))
+  tree = target_tree(mc, mesh)
+  reader = _LeafReader(checkpoint / inf_loading.PARAMS_DIR, tree)
+  same = info.get("format") == fmt or (fmt == "llava" and info.get("format") == "llava-stage1")
+  main_dtype = np.dtype(dtype or (same and info.get("source_dtype")) or mc.param_dtype)
+  vision_dtype = np.dtype(dtype or info.get("vision_dtype") or main_dtype)
+  shard = writer_lib.parse_size(max_shard_size)
+  host0 = jax.process_index() == 0
+  tmp = output.parent / f".{output.name}.partial"
+  if host0:
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+  _barrier("export:start")
+  try:
+    if fmt == "hf-llava":
+      prefixes = hf_llava.LAYOUTS[layout] if layout else tuple(
+          info.get("layout") or hf_llava.LAYOUTS["legacy"])
+      base = info.get("source_config") if info.get("format") == "hf-llava" else None
+      cfg = hf_llava.export_config(mc, main_dtype.name, base)
+      _write_keymap(reader, hf_llava.export_keymap(mc, prefixes), tmp, main_dtype, shard,
+                    progress=progress)
+    else:
+      if layout:
+        raise ValueError("--layout applies to hf-llava only")
+      base = info.get("source_config") if same else None
+      cfg = llava.export_config(mc, fmt, main_dtype.name, str(output / VISION_DIR), base)
+      extra = None
+      if mc.connector.type == "acformer":
+        extra = {llava.PROJ + "0.latents": _latents(checkpoint, mc, main_dtype)}
+      _write_keymap(reader, llava.export_keymap(mc), tmp, main_dtype, shard, extra, progress)
+      vprefix = info.get("vision_prefix", "vision_model.")
+      vmap = clip_vision_keymap(mc.vision.num_layers,
+                                mc.vision.num_computed_layers).with_prefix(vprefix, "vision")
+      _write_keymap(reader, vmap, tmp / VISION_DIR, vision_dtype, shard, progress=progress)
+      if host0:
+        vcfg = dict(info.get("vision_config") or {}) if same else {}
+        if vcfg.get("model_type") == "clip":
+          vcfg = dict(vcfg.get("vision_config") or {})
+        vcfg.update(hf_llava.clip_config_dict(mc.vision), architectures=["CLIPVisionModel"],
+                    torch_dtype=vision_dtype.name)
+        (tmp / VISION_DIR / "config.json").write_text(json.dumps(vcfg, indent=2) + "\n")
+    if host0:
+      (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
+      _copy_tokenizer(checkpoint, tmp)
+      old = output.parent / f".{output.name}.old"
+      if output.exists():
+        output.rename(old)
+      tmp.rename(output)
+      shutil.rmtree(old, ignore_errors=True)
+    _barrier("export:done")
+  except BaseException:
+    if host0:
+      shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return output
+
+
+def _latents(checkpoint: pathlib.Path, mc: config_lib.ModelConfig, dtype) -> np.ndarray:
+  """The official resampler's unused ``latents``: preserved ones, else zeros (spec 1.4)."""
+  path = checkpoint / EXTRAS_FILE
+  if path.is_file():
+    from acformer_jax.conversion.sources import SafetensorsFile  # pylint: disable=import-outside-toplevel
+    f = SafetensorsFile(path)
+    if "resampler_latents" in f.tensors:
+      return f.read_slice("resampler_latents", (slice(None),) * 2).astype(dtype)
+  return np.zeros(llava.latents_shape(mc), dtype)

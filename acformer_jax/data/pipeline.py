@@ -1,0 +1,285 @@
+"""Host-local input pipeline: shard, shuffle, process, batch, prefetch; resumable.
+
+Spec: ``docs/design.md`` "Batches", ``acformer.md`` 2.2-2.7, ``jax_practices.md`` (per-host
+data). Each host reads its own shard (:mod:`acformer_jax.data.sampler`) of a random-access
+tfds data source, turns records into tokens + pixels (bad samples are skipped and counted by
+reason), packs fixed-shape batches of ``global_batch / process_count`` rows and prefetches them
+on a background thread. Epochs chain without a break (so all hosts always have data).
+
+:meth:`DataIterator.get_state` is a small JSON-serialisable dict (epoch, position in the host
+shard, counters) describing the point *after the last batch returned*; a fresh iterator given
+that state with :meth:`DataIterator.set_state` yields exactly the batches that would have come next.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import copy
+import dataclasses
+import json
+import queue
+import threading
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from acformer_jax.data import sampler
+from acformer_jax.data.preprocess import preprocess_image
+from acformer_jax.data.templates import IGNORE_INDEX, SampleError, tokenize_conversation
+
+STATE_VERSION = 1
+_END = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleSpec:
+  """Everything needed to turn one record into a training row."""
+  template: str
+  max_length: int
+  image_size: int
+  pad_to_square: bool
+  num_visual_tokens: int
+  image_token_id: int
+  overlong: str = "truncate"
+
+
+def _text(x) -> str:
+  return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def record_conversations(record: Mapping[str, Any]) -> List[Dict[str, str]]:
+  """tfds returns a Sequence of dicts as a dict of lists of bytes; rebuild LLaVA's list."""
+  conv = record["conversations"]
+  if isinstance(conv, Mapping):
+    return [{"from": _text(f), "value": _text(v)} for f, v in zip(conv["from"], conv["value"])]
+  return [{"from": _text(m["from"]), "value": _text(m["value"])} for m in conv]
+
+
+def process_record(record: Mapping[str, Any], spec: SampleSpec, encoder) -> Dict[str, Any]:
+  """One record -> ``{input_ids, labels, image, has_image, truncated}``.
+
+  Raises:
+    SampleError: text reasons (see :func:`templates.normalize_turns`, ``too_long``,
+      ``no_supervised_tokens``, ``tokenization_mismatch``), then ``missing_image`` /
+      ``corrupt_image``.
+  """
+  has_image = bool(record["has_image"])
+  tok = tokenize_conversation(
+      record_conversations(record), has_image=has_image, template=spec.template, encoder=encoder,
+      num_visual_tokens=spec.num_visual_tokens, image_token_id=spec.image_token_id,
+      max_length=spec.max_length, overlong=spec.overlong)
+  image = None
+  if has_image:
+    data = record["image"]
+    if not data:
+      raise SampleError("missing_image", f"image file {_text(record.get('image_path', b''))!r} was not found")
+    try:
+      image = preprocess_image(bytes(data), spec.image_size, pad_to_square=spec.pad_to_square)
+    except Exception as e:  # PIL raises many types on bad data  # pylint: disable=broad-except
+      raise SampleError("corrupt_image",
+                        f"image {_text(record.get('image_path', b''))!r} cannot be decoded: {e}") from None
+  return {"input_ids": tok.input_ids, "labels": tok.labels, "image": image,
+          "has_image": has_image, "truncated": tok.truncated}
+
+
+def collate(rows: Sequence[Mapping[str, Any]], batch_size: int, spec: SampleSpec, pad_id: int,
+            indices: Optional[Sequence[int]] = None) -> Dict[str, np.ndarray]:
+  """Fixed-shape batch (design.md "Batches"); missing rows are padding (mask 0, labels -100)."""
+  s, t = spec.image_size, spec.max_length
+  out = {"images": np.zeros((batch_size, s, s, 3), np.float32),
+         "input_ids": np.full((batch_size, t), pad_id, np.int32),
+         "labels": np.full((batch_size, t), IGNORE_INDEX, np.int32),
+         "attention_mask": np.zeros((batch_size, t), np.int32),
+         "positions": np.zeros((batch_size, t), np.int32),
+         "has_image": np.zeros((batch_size,), bool)}
+  for b, row in enumerate(rows):
+    n = len(row["input_ids"])
+    out["input_ids"][b, :n] = row["input_ids"]
+    out["labels"][b, :n] = row["labels"]
+    out["attention_mask"][b, :n] = 1
+    out["positions"][b, :n] = np.arange(n, dtype=np.int32)
+    if row["image"] is not None:
+      out["images"][b] = row["image"]
+      out["has_image"][b] = True
+  if indices is not None:
+    out["sample_index"] = np.full((batch_size,), -1, np.int64)
+    out["sample_index"][:len(indices)] = indices
+  return out
+
+
+class DataIterator:
+  """Iterator of host-local batches with exact resume (see the module docstring)."""
+
+  def __init__(self, source, *, spec: SampleSpec, encoder, global_batch: int, process_index: int = 0,
+               process_count: int = 1, seed: int = 0, shuffle: bool = True,
+               lengths: Optional[Sequence[int]] = None, num_epochs: Optional[int] = None,
+               drop_remainder: bool = True, prefetch: int = 2, num_workers: int = 2,
+               with_index: bool = False, build_skipped: Optional[Mapping[str, int]] = None):
+    if global_batch % process_count:
+      raise ValueError(f"global_batch {global_batch} must be divisible by process_count {process_count}")
+    self._source, self._spec, self._encoder = source, spec, encoder
+    self._num = len(source)
+    if self._num == 0:
+      raise ValueError("the data source is empty")
+    self._global, self._local = global_batch, global_batch // process_count
+    self._pi, self._pc, self._seed, self._shuffle = process_index, process_count, int(seed), shuffle
+    self._lengths = None if lengths is None else np.asarray(lengths)
+    self._num_epochs, self._drop = num_epochs, drop_remainder
+    self._prefetch, self._workers, self._with_index = max(1, prefetch), num_workers, with_index
+    self.build_skipped = dict(build_skipped or {})
+    self._fingerprint = {"num_records": self._num, "seed": self._seed, "process_index": process_index,
+                         "process_count": process_count, "global_batch": global_batch,
+                         "shuffle": bool(shuffle), "group_by_length": lengths is not None}
+    self._state = {"version": STATE_VERSION, "epoch": 0, "position": 0, "batches": 0, "samples": 0,
+                   "truncated": 0, "skipped": {}, "fingerprint": dict(self._fingerprint)}
+    self._thread = self._queue = self._stop = None
+    self._shard_cache = (None, None)
+
+  # -- state -------------------------------------------------------------------------------
+  def get_state(self) -> Dict[str, Any]:
+    """JSON-serialisable position after the last returned batch."""
+    return copy.deepcopy(self._state)
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    """Restores a :meth:`get_state` dict (also accepts its JSON string)."""
+    if isinstance(state, (str, bytes)):
+      state = json.loads(state)
+    if state.get("version") != STATE_VERSION:
+      raise ValueError(f"iterator state version {state.get('version')!r}, expected {STATE_VERSION}")
+    for key, want in self._fingerprint.items():
+      got = state.get("fingerprint", {}).get(key)
+      if got != want:
+        raise ValueError(f"iterator state field fingerprint.{key}={got!r} does not match this pipeline ({want!r})")
+    self.close()
+    self._state = copy.deepcopy(dict(state))
+
+  def stats(self) -> Dict[str, Any]:
+    """Counters for the training log: skips by reason (pipeline and build time), truncations."""
+    skipped = dict(self._state["skipped"])
+    return {"skipped": skipped, "skipped_total": sum(skipped.values()), "truncated": self._state["truncated"],
+            "samples": self._state["samples"], "batches": self._state["batches"],
+            "epoch": self._state["epoch"], "build_skipped": dict(self.build_skipped)}
+
+  # -- iteration ---------------------------------------------------------------------------
+  def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> Dict[str, np.ndarray]:
+    if self._thread is None:
+      self._start()
+    item = self._queue.get()
+    if item is _END:
+      self._queue.put(_END)
+      raise StopIteration
+    if isinstance(item, BaseException):
+      raise item
+    batch, self._state = item
+    return batch
+
+  def close(self) -> None:
+    """Stops the prefetch thread (the state stays where it is)."""
+    if self._thread is not None:
+      self._stop.set()
+      while self._thread.is_alive():
+        try:
+          self._queue.get(timeout=0.05)
+        except queue.Empty:
+          pass
+      self._thread = None
+
+  def __del__(self):
+    try:
+      self.close()
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+  def _start(self):
+    self._queue = queue.Queue(maxsize=self._prefetch)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._produce, args=(copy.deepcopy(self._state),), daemon=True)
+    self._thread.start()
+
+  def _put(self, item) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  def _shard(self, epoch: int) -> np.ndarray:
+    if self._shard_cache[0] != epoch:
+      order = sampler.epoch_order(self._num, epoch, self._seed, shuffle=self._shuffle,
+                                  lengths=self._lengths, global_batch=self._global)
+      self._shard_cache = (epoch, sampler.host_shard(order, self._global, self._pi, self._pc))
+    return self._shard_cache[1]
+
+  def _candidates(self, epoch: int, position: int):
+    while self._num_epochs is None or epoch < self._num_epochs:
+      shard = self._shard(epoch)
+      for pos in range(position, len(shard)):
+        if self._stop.is_set():
+          return
+        idx = int(shard[pos])
+        yield epoch, pos, idx, self._source[idx]
+      epoch, position = epoch + 1, 0
+
+  def _work(self, item):
+    try:
+      return process_record(item[3], self._spec, self._encoder)
+    except SampleError as e:
+      return e
+
+  def _results(self, items):
+    if self._workers <= 0:
+      for item in items:
+        yield item, self._work(item)
+      return
+    with concurrent.futures.ThreadPoolExecutor(self._workers) as pool:
+      pending = collections.deque()
+      for item in items:
+        pending.append((item, pool.submit(self._work, item)))
+        if len(pending) > 2 * self._workers + self._local:
+          head, fut = pending.popleft()
+          yield head, fut.result()
+      while pending:
+        head, fut = pending.popleft()
+        yield head, fut.result()
+
+  def _produce(self, state: Dict[str, Any]) -> None:
+    try:
+      rows, idxs = [], []
+      run = {"epoch": state["epoch"], "good": 0, "skipped": 0}  # guards against all-bad data
+      for (epoch, pos, idx, _), result in self._results(self._candidates(state["epoch"], state["position"])):
+        if self._stop.is_set():
+          return
+        if epoch != run["epoch"]:
+          if run["good"] == 0 and run["skipped"] >= len(self._shard(run["epoch"])):
+            raise RuntimeError(f"every sample of epoch {run['epoch']} on this host was skipped: "
+                               f"{state['skipped']} (check data.max_length / template / data paths)")
+          run = {"epoch": epoch, "good": 0, "skipped": 0}
+        state["epoch"], state["position"] = epoch, pos + 1
+        if isinstance(result, SampleError):
+          state["skipped"][result.reason] = state["skipped"].get(result.reason, 0) + 1
+          run["skipped"] += 1
+          continue
+        run["good"] += 1
+        rows.append(result)
+        idxs.append(idx)
+        state["samples"] += 1
+        state["truncated"] += int(result["truncated"])
+        if len(rows) == self._local:
+          state["batches"] += 1
+          batch = collate(rows, self._local, self._spec, self._encoder.pad_id, idxs if self._with_index else None)
+          if not self._put((batch, copy.deepcopy(state))):
+            return
+          rows, idxs = [], []
+      if rows and not self._drop:
+        state["batches"] += 1
+        batch = collate(rows, self._local, self._spec, self._encoder.pad_id, idxs if self._with_index else None)
+        if not self._put((batch, copy.deepcopy(state))):
+          return
+      self._put(_END)
+    except BaseException as e:  # surfaced to the consumer  # pylint: disable=broad-except
+      self._put(e)

@@ -1,0 +1,139 @@
+"""The trainer's entry point: ``data`` config section -> resumable host-local batch iterator.
+
+Spec: ``docs/design.md`` "Batches"; ``acformer.md`` 2.1/2.2 (stage settings: ``plain`` without
+padding for stage 1, ``vicuna_v1`` with ``pad_to_square`` and ``group_by_length`` for stage 2).
+See ``docs/data.md`` for every field of :func:`default_data_config`.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+
+from acformer_jax import config as model_config_lib
+from acformer_jax.data.pipeline import DataIterator, SampleSpec
+from acformer_jax.data.templates import canonical_template
+from acformer_jax.data.tokenizer import load_encoder, make_encoder
+
+_DEFAULTS: Dict[str, Any] = {
+    "builder": "acformer_demo/qa_64",  # tfds name[/config]: llava_pretrain | llava_instruct | acformer_demo/...
+    "data_dir": None,          # tfds data dir (None = tfds default, ~/tensorflow_datasets)
+    "split": "train",
+    "json_path": None,         # LLaVA builders: annotation JSON (else manual_dir/<default name>)
+    "image_root": None,        # LLaVA builders: image folder the JSON paths are relative to
+    "manual_dir": None,        # LLaVA builders: folder with the default file names
+    "build_if_missing": True,  # build the tfds dataset when absent (single-process runs only)
+    "tokenizer_path": None,    # used when no tokenizer is passed (None = the offline LLaMA asset)
+    "template": "vicuna_v1",   # plain (stage 1) | vicuna_v1 (stage 2)
+    "max_length": 2048,        # T: tokens per row after image expansion (LLaVA model_max_length)
+    "overlong": "truncate",    # truncate (LLaVA) | skip
+    "global_batch_size": 128,
+    "image_size": None,        # None = model_config.vision.image_size
+    "pad_to_square": True,     # LLaVA image_aspect_ratio=pad (stage 2 / eval); False for stage 1
+    "shuffle": True,
+    "seed": None,              # None = the seed argument of make_train_iterator
+    "group_by_length": False,  # LLaVA group_by_modality_length
+    "num_epochs": None,        # None = endless (epochs chain)
+    "drop_remainder": True,
+    "prefetch": 2,             # batches prepared ahead on a background thread
+    "num_workers": 2,          # threads decoding images / tokenising
+}
+
+
+def default_data_config():
+  """The ``data`` section as an ``ml_collections.ConfigDict`` with every field defaulted."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_dict  # pylint: disable=import-outside-toplevel
+  cfg = ml_collections.ConfigDict()
+  for k, v in _DEFAULTS.items():
+    cfg[k] = config_dict.placeholder(int if k in ("image_size", "seed", "num_epochs") else str) if v is None else v
+  return cfg
+
+
+def resolve_data_config(data_config: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+  """Defaults + overrides as a plain dict; unknown keys are an error."""
+  given = {} if data_config is None else dict(
+      data_config.to_dict() if hasattr(data_config, "to_dict") else data_config)
+  unknown = sorted(set(given) - set(_DEFAULTS))
+  if unknown:
+    raise ValueError(f"unknown data config field(s) {unknown}; expected some of {sorted(_DEFAULTS)}")
+  cfg = dict(_DEFAULTS)
+  cfg.update(given)
+  return cfg
+
+
+def make_builder(cfg: Mapping[str, Any]):
+  """The tfds builder named by ``cfg['builder']`` with the LLaVA path options."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  import acformer_jax.data.builders  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  kwargs = {}
+  if cfg.get("data_dir"):
+    kwargs["data_dir"] = cfg["data_dir"]
+  if cfg["builder"].split("/")[0].startswith("llava_"):
+    kwargs.update({k: cfg[k] for k in ("json_path", "image_root") if cfg.get(k)})
+  return tfds.builder(cfg["builder"], **kwargs)
+
+
+def open_data_source(cfg: Mapping[str, Any], *, allow_build: bool = True):
+  """Returns ``(builder, data_source)``, building the dataset first if allowed and needed."""
+  builder = make_builder(cfg)
+  if not builder.is_prepared():
+    if not (allow_build and cfg.get("build_if_missing", True)):
+      raise FileNotFoundError(
+          f"tfds dataset {cfg['builder']} is not prepared in {builder.data_dir}; build it first "
+          "(python -m acformer_jax.data.tfds_build, see docs/data.md)")
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    dl = tfds.download.DownloadConfig(manual_dir=cfg["manual_dir"]) if cfg.get("manual_dir") else None
+    builder.download_and_prepare(download_config=dl)
+  return builder, builder.as_data_source(split=cfg["split"])
+
+
+def signed_lengths(source, chunk: int = 1024) -> np.ndarray:
+  """LLaVA modality lengths of every record: +words with an image, -words text-only."""
+  out = np.zeros((len(source),), np.int64)
+  for start in range(0, len(source), chunk):
+    idx = list(range(start, min(start + chunk, len(source))))
+    for i, r in zip(idx, source.__getitems__(idx)):
+      out[i] = int(r["num_words"]) if bool(r["has_image"]) else -int(r["num_words"])
+  return out
+
+
+def make_train_iterator(data_config, tokenizer, model_config, process_index: int = 0,
+                        process_count: int = 1, seed: int = 0, *, with_index: bool = False) -> DataIterator:
+  """Builds the resumable per-host iterator of fixed-shape batches for training.
+
+  Args:
+    data_config: the ``data`` section (ConfigDict or dict; fields in :func:`default_data_config`).
+    tokenizer: a transformers tokenizer, an ``Encoder``, or None (``load_encoder(tokenizer_path)``,
+      which does not import transformers).
+    model_config: a ``ModelConfig`` (or its dict) giving ``num_visual_tokens``,
+      ``image_token_id`` and the default image size.
+    process_index / process_count: this host and the number of hosts (``jax.process_*``).
+    seed: shuffle seed (``data_config.seed`` overrides it when set).
+    with_index: add ``sample_index`` (record index, -1 for padding rows) to each batch.
+
+  Returns:
+    A :class:`DataIterator`; save ``it.get_state()`` in checkpoints, log ``it.stats()``.
+  """
+  cfg = resolve_data_config(data_config)
+  if not isinstance(model_config, model_config_lib.ModelConfig):
+    model_config = model_config_lib.model_config_from_dict(model_config)
+  template = canonical_template(cfg["template"])
+  nv = model_config_lib.num_visual_tokens(model_config)
+  if cfg["max_length"] <= nv:
+    raise ValueError(f"data.max_length={cfg['max_length']} leaves no room for text after {nv} visual tokens")
+  encoder = load_encoder(cfg["tokenizer_path"]) if tokenizer is None else make_encoder(tokenizer)
+  builder, source = open_data_source(cfg, allow_build=process_count == 1)
+  spec = SampleSpec(template=template, max_length=int(cfg["max_length"]),
+                    image_size=int(cfg["image_size"] or model_config.vision.image_size),
+                    pad_to_square=bool(cfg["pad_to_square"]), num_visual_tokens=nv,
+                    image_token_id=model_config.image_token_id, overlong=cfg["overlong"])
+  lengths = signed_lengths(source) if cfg["group_by_length"] else None
+  build_skipped = dict(builder.info.metadata.get("build_skipped", {}) or {})
+  return DataIterator(
+      source, spec=spec, encoder=encoder, global_batch=int(cfg["global_batch_size"]),
+      process_index=process_index, process_count=process_count,
+      seed=int(cfg["seed"] if cfg["seed"] is not None else seed), shuffle=bool(cfg["shuffle"]),
+      lengths=lengths, num_epochs=cfg["num_epochs"], drop_remainder=bool(cfg["drop_remainder"]),
+      prefetch=int(cfg["prefetch"]), num_workers=int(cfg["num_workers"]), with_index=with_index,
+      build_skipped=build_skipped)

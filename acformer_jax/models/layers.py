@@ -1,0 +1,117 @@
+"""Small building blocks shared by the towers: partitioned Dense/LayerNorm/RMSNorm,
+dtype handling, remat policies and the stacked-layer scan.
+
+Every parameter carries logical axis names (``nn.with_logical_partitioning``) from
+``acformer_jax.sharding.LOGICAL_AXIS_RULES``; spec ``jax_practices.md`` "What
+acformer_jax should adopt", items 1 and 9.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+DType = Any
+Axes = Sequence[Optional[str]]
+
+REMAT_POLICIES = ("none", "full", "minimal", "dots")
+
+# Torch-compatible initialisers are irrelevant (weights come from checkpoints); these
+# only give sensible random models for tests and from-scratch parts.
+DEFAULT_KERNEL_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def to_dtype(dtype: DType) -> jnp.dtype:
+  """``"bfloat16"`` / ``jnp.bfloat16`` / ``np.float32`` -> ``jnp.dtype``."""
+  try:
+    return jnp.dtype(dtype)
+  except TypeError as e:
+    raise ValueError(f"unknown dtype {dtype!r}; expected e.g. 'float32' or 'bfloat16'") from e
+
+
+def tower_options(model_config) -> dict:
+  """The tower keyword arguments carried by a ``ModelConfig``.
+
+  Usage: ``LlamaModel(mc.llm, **tower_options(mc))``.
+  """
+  return dict(dtype=model_config.dtype, param_dtype=model_config.param_dtype,
+              scan_layers=model_config.scan_layers, remat_policy=model_config.remat_policy)
+
+
+def partitioned(init: Callable, axes: Axes) -> Callable:
+  return nn.with_logical_partitioning(init, tuple(axes))
+
+
+def constrain(x: jax.Array, axes: Axes) -> jax.Array:
+  """Logical sharding constraint on an activation (no-op without rules/mesh)."""
+  return nn.with_logical_constraint(x, tuple(axes))
+
+
+def dense(features: int, axes: Axes, *, use_bias: bool, dtype: DType, param_dtype: DType,
+          name: Optional[str] = None, kernel_init: Callable = DEFAULT_KERNEL_INIT) -> nn.Dense:
+  """``nn.Dense`` with a 2-D ``[in, out]`` kernel named by ``axes`` (bias: ``axes[-1]``)."""
+  return nn.Dense(
+      features, use_bias=use_bias, dtype=to_dtype(dtype), param_dtype=to_dtype(param_dtype),
+      kernel_init=partitioned(kernel_init, axes),
+      bias_init=partitioned(nn.initializers.zeros_init(), (axes[-1],)), name=name)
+
+
+def layer_norm(eps: float, *, dtype: DType, param_dtype: DType, name: Optional[str] = None,
+               axis_name: str = "norm") -> nn.LayerNorm:
+  """LayerNorm with scale and bias (torch semantics: exact two-pass variance)."""
+  return nn.LayerNorm(
+      epsilon=eps, dtype=to_dtype(dtype), param_dtype=to_dtype(param_dtype),
+      use_fast_variance=False,
+      scale_init=partitioned(nn.initializers.ones_init(), (axis_name,)),
+      bias_init=partitioned(nn.initializers.zeros_init(), (axis_name,)), name=name)
+
+
+class RMSNorm(nn.Module):
+  """LLaMA RMSNorm, HF-exact: normalise in float32, cast back, then scale (spec 3.1)."""
+  eps: float = 1e-5
+  dtype: DType = "float32"
+  param_dtype: DType = "float32"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param("scale", partitioned(nn.initializers.ones_init(), ("norm",)),
+                       (x.shape[-1],), to_dtype(self.param_dtype))
+    h = x.astype(jnp.float32)
+    h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
+    return (scale.astype(to_dtype(self.dtype)) * h.astype(x.dtype)).astype(to_dtype(self.dtype))
+
+
+def remat_policy(name: str):
+  """Named rematerialisation policy (``ModelConfig.remat_policy``).
+
+  ``none``: no remat (keep every activation); ``full``: save nothing, recompute the
+  whole block; ``minimal``: save the projections against weights (matmuls without batch
+  dims), recompute attention scores and elementwise ops; ``dots``: save every matmul.
+  Returns ``False`` for ``none`` and the ``jax.checkpoint`` policy otherwise.
+  """
+  cp = jax.checkpoint_policies
+  table = {"none": False, "full": cp.nothing_saveable,
+           "minimal": cp.checkpoint_dots_with_no_batch_dims, "dots": cp.checkpoint_dots}
+  if name not in table:
+    raise ValueError(f"remat_policy={name!r} is not one of {REMAT_POLICIES}")
+  return table[name]
+
+
+def stacked(block: type[nn.Module], *, length: int, scan_layers: bool, remat: str,
+            in_axes: tuple) -> type[nn.Module]:
+  """Wraps ``block`` into a stack of ``length`` layers with a leading ``layers`` axis.
+
+  The block's call is ``(carry, *args) -> (carry, ys)``; ``in_axes`` says per extra
+  argument whether it is broadcast (``nn.broadcast``) or scanned (``0``).
+  ``scan_layers=False`` fully unrolls the same scan, so the parameter layout is
+  identical either way.
+  """
+  policy = remat_policy(remat)
+  if policy is not False:
+    block = nn.remat(block, policy=policy, prevent_cse=False)  # always inside a scan
+  return nn.scan(
+      block, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=in_axes,
+      length=length, unroll=1 if scan_layers else max(length, 1),
+      metadata_params={nn.PARTITION_NAME: "layers"})
