@@ -142,19 +142,21 @@ def model_config_to_dict(cfg: ModelConfig) -> dict:
 
 
 def num_visual_tokens(cfg: ModelConfig) -> int:
-  """Visual tokens the connector emits into the LLM sequence (spec 1.7, 1.8)."""
+  """Visual tokens the connector emits into the LLM sequence (spec 1.7, 1.8).
+
+  With budget K = ``connector.num_queries`` and H ViT heads: ``linear`` /
+  ``mlp2x_gelu`` keep all patches (576); ``acformer`` / ``top_p`` give
+  1 + H*(K//H); ``evit`` gives K+2 (CLS, K kept, one fused); every other baseline
+  gives K+1 (the paper's 65/145/257). See ``models/connectors.py``.
+  """
   c, v = cfg.connector, cfg.vision
   if c.type not in CONNECTOR_TYPES:
     raise ValueError(f"connector.type={c.type!r} is not one of {CONNECTOR_TYPES}")
   if c.type in ("linear", "mlp2x_gelu"):
     return v.num_patches
-  if c.type in ("pooling", "pooling_pr"):
-    # CLS + average pooling of the patch grid to the budget's grid (144 -> 12x12).
-    return c.num_queries + 1
-  if c.type == "c_abstractor":
-    return c.num_queries
   if c.type in ("acformer", "top_p"):
     return 1 + v.num_heads * (c.num_queries // v.num_heads)
   if c.type == "evit":
     return c.num_queries + 2  # CLS + kept tokens + one fused token
-  return c.num_queries + 1 if c.type == "random_pr" else c.num_queries  # pr
+  # pooling, pooling_pr, random_pr, pr, c_abstractor: CLS (or one extra latent) + K
+  return c.num_queries + 1

@@ -93,3 +93,35 @@ def make_mesh(shape: Sequence[int], devices=None, axis_names=MESH_AXES) -> Mesh:
   if devices == list(jax.devices()):
     return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=auto)
   return Mesh(np.asarray(devices).reshape(shape), tuple(axis_names), axis_types=auto)
+
+
+def make_hybrid_mesh(ici_shape: Sequence[int], dcn_shape: Sequence[int] = (1, 1, 1), devices=None,
+                     axis_names=MESH_AXES) -> Mesh:
+  """A multi-slice mesh: ``ici_shape`` within a slice (one entry may be -1), ``dcn_shape``
+  across slices; each axis has size ``ici * dcn`` (``jax_practices.md`` item 2).
+
+  Uses ``mesh_utils.create_hybrid_device_mesh`` (slices from ``device.slice_index``; on
+  platforms without it, e.g. CPU, each process is a slice). With ``dcn_shape`` all ones this
+  is :func:`make_mesh`. Put the data-parallel axis across slices (DCN), FSDP within (ICI).
+  """
+  from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
+  dcn = [int(s) for s in dcn_shape]
+  if len(dcn) != len(axis_names) or any(s < 1 for s in dcn):
+    raise ValueError(f"mesh dcn_shape {tuple(dcn)}: expected {len(axis_names)} sizes >= 1")
+  if int(np.prod(dcn)) == 1:
+    return make_mesh(ici_shape, devices, axis_names)
+  devices = list(jax.devices() if devices is None else devices)
+  slices = int(np.prod(dcn))
+  if len(devices) % slices:
+    raise ValueError(f"mesh dcn_shape {tuple(dcn)}: {len(devices)} devices do not split into "
+                     f"{slices} slices")
+  ici = list(ici_shape)
+  if ici.count(-1) > 1:
+    raise ValueError(f"mesh shape {tuple(ici)}: at most one axis may be -1")
+  if -1 in ici:
+    ici[ici.index(-1)] = len(devices) // slices // int(np.prod([s for s in ici if s != -1]))
+  granule = not hasattr(devices[0], "slice_index")
+  arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=granule,
+                                             allow_split_physical_axes=True)
+  auto = (jax.sharding.AxisType.Auto,) * len(axis_names)
+  return Mesh(arr, tuple(axis_names), axis_types=auto)

@@ -1,1 +1,14 @@
-"""Flax (linen) modules: one paper concept per file."""
+"""Flax (linen) modules: one paper concept per file.
+
+Public entries: the towers (:class:`VisionTransformer`, :class:`LlamaModel`), the
+anchor selector (:func:`select_anchors`, ``acformer.md`` 1.3), the connectors
+(:class:`Connector`, 1.4-1.8) and the assembled :class:`MultimodalLM`.
+"""
+from acformer_jax.models.anchors import select_anchors
+from acformer_jax.models.connectors import Connector
+from acformer_jax.models.llama import LlamaModel, init_cache
+from acformer_jax.models.mllm import MultimodalLM
+from acformer_jax.models.vit import VisionTransformer
+
+__all__ = ["Connector", "LlamaModel", "MultimodalLM", "VisionTransformer", "init_cache",
+           "select_anchors"]

@@ -39,7 +39,7 @@ class VisionEmbeddings(nn.Module):
     p, d = cfg.patch_size, cfg.hidden_size
     patches = nn.Conv(
         d, (p, p), strides=(p, p), padding="VALID", use_bias=False, dtype=dt, param_dtype=pdt,
-        kernel_init=partitioned(DEFAULT_KERNEL_INIT, ("vit_patch", "vit_patch", None, "vit_embed")),
+        kernel_init=partitioned(DEFAULT_KERNEL_INIT, ("vit_patch", None, None, "vit_embed")),
         name="patch_embedding")(pixel_values.astype(dt))
     b = patches.shape[0]
     patches = patches.reshape(b, -1, d)  # row-major over the grid, like HF's flatten(2)
