@@ -45,6 +45,12 @@ _ENGINE = flags.DEFINE_string("engine", "acformer_jax.inference:load_generate_fn
                               "run: module:function returning generate_fn for a checkpoint.")
 _LANG = flags.DEFINE_enum("lang", "en", ["en", "cn"], "run: MMBench prompt language.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "run: show a progress bar.")
+_MESH = flags.DEFINE_list("mesh", None, "run: (data,fsdp,tensor) mesh over each host's local "
+                          "devices, e.g. 1,1,-1 (default: one device).")
+_DTYPE = flags.DEFINE_string("dtype", None, "run: compute dtype, e.g. bfloat16 (default: the "
+                             "checkpoint's).")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "run: tokenizer directory (default: the one "
+                                 "stored with the checkpoint).")
 
 _USAGE = "usage: python -m acformer_jax.evaluate {score|run} --benchmark NAME ..."
 
@@ -68,14 +74,15 @@ def score_main() -> int:
   return 0
 
 
-def load_engine(spec: str, checkpoint: str):
-  """Imports `module:function` and calls it with the checkpoint to get a generate_fn."""
+def load_engine(spec: str, checkpoint: str, **options):
+  """Imports `module:function` and calls it with the checkpoint (and the engine options
+  that were given) to get a generate_fn."""
   module_name, _, attr = spec.partition(":")
   try:
     factory = getattr(importlib.import_module(module_name), attr)
   except (ImportError, AttributeError) as e:
     raise eio.EvalDataError(f"--engine {spec}: cannot load the generation engine ({e})") from None
-  return factory(checkpoint)
+  return factory(checkpoint, **{k: v for k, v in options.items() if v is not None})
 
 
 def run_main() -> int:
@@ -90,7 +97,9 @@ def run_main() -> int:
   if count > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     barrier = multihost_utils.sync_global_devices
-  generate_fn = load_engine(_ENGINE.value, _CHECKPOINT.value)
+  mesh = tuple(int(x) for x in _MESH.value) if _MESH.value else None
+  generate_fn = load_engine(_ENGINE.value, _CHECKPOINT.value, mesh_shape=mesh,
+                            dtype=_DTYPE.value, tokenizer=_TOKENIZER.value)
   model_id = _MODEL_ID.value or pathlib.Path(_CHECKPOINT.value).resolve().name
   out = runner.run(_BENCHMARK.value, questions, generate_fn=generate_fn, output=_OUTPUT.value,
                    images_dir=_IMAGES.value, model_id=model_id, batch_size=_BATCH.value,

@@ -247,23 +247,30 @@ def score_demo(answers: Iterable[Mapping], ground_truth: Iterable[Mapping]) -> D
     ground_truth: records with ``question_id``, ``answer`` and ``category``.
 
   Returns:
-    ``{"overall": %, "per_category": {cat: %}, "num_questions": n, "num_missing": m}``; a
-    question without an answer counts as wrong.
+    ``{"overall": %, "per_category": {cat: %}, "num_questions": n, "num_missing": m,
+    "prior_baseline": %}``; a question without an answer counts as wrong.
+    ``prior_baseline`` is the best answer-prior score: every question answered with the most
+    frequent ground-truth answer of its category (a text-only model cannot do better on
+    this balanced set).
   """
   predicted = {str(a["question_id"]): a.get("text", "") for a in answers}
   hits: Dict[str, List[int]] = {}
+  gold: Dict[str, List[str]] = {}
   missing = 0
   for gt in ground_truth:
     qid = str(gt["question_id"])
     missing += qid not in predicted
     ok = normalize_answer(predicted.get(qid, "")) == normalize_answer(gt["answer"])
     hits.setdefault(gt["category"], []).append(int(ok))
+    gold.setdefault(gt["category"], []).append(normalize_answer(gt["answer"]))
   total = [h for v in hits.values() for h in v]
   if not total:
     raise ValueError("score_demo: the ground truth is empty")
   return {"overall": 100.0 * float(np.mean(total)),
           "per_category": {c: 100.0 * float(np.mean(v)) for c, v in sorted(hits.items())},
-          "num_questions": len(total), "num_missing": missing}
+          "num_questions": len(total), "num_missing": missing,
+          "prior_baseline": 100.0 * sum(max(v.count(a) for a in set(v)) for v in gold.values())
+                            / len(total)}
 
 
 def export_eval(out_dir, *, image_size: int = 64, num_test: int = 500, seed: int = 0,

@@ -27,10 +27,11 @@ def _score_demo(answers, data, *, questions=None, judge=(), out=None) -> base.Sc
   recs = eio.read_answers(answers)
   eio.index_answers(recs, [q["question_id"] for q in qs], lambda r: r["question_id"], answers)
   res = score_demo(recs, gt)
-  metrics = {"accuracy": res["overall"], "num_questions": res["num_questions"],
-             "num_missing": res["num_missing"]}
+  metrics = {"accuracy": res["overall"], "prior_baseline": res["prior_baseline"],
+             "num_questions": res["num_questions"], "num_missing": res["num_missing"]}
   metrics.update({f"category_{c}": v for c, v in res["per_category"].items()})
-  lines = [f"demo accuracy: {res['overall']:.2f} ({res['num_questions']} questions)"]
+  lines = [f"demo accuracy: {res['overall']:.2f} ({res['num_questions']} questions); "
+           f"best answer-prior baseline: {res['prior_baseline']:.2f}"]
   lines += [f"  {c:<10} {v:.2f}" for c, v in res["per_category"].items()]
   return base.ScoreResult(metrics, lines)
 

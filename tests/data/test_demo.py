@@ -93,6 +93,14 @@ def test_export_matches_builder_test_split_and_scoring(demo_data_dir, tmp_path):
   assert wrong["overall"] == 0.0
   half = demo.score_demo([{"question_id": g["question_id"], "text": g["answer"]} for g in gt[:16]], gt)
   assert half["overall"] == 50.0 and half["num_missing"] == 16
+  # The prior baseline answers each category with its most frequent gold answer.
+  from collections import Counter
+  by_cat = {}
+  for g in gt:
+    by_cat.setdefault(g["category"], []).append(demo.normalize_answer(g["answer"]))
+  expect = 100.0 * sum(Counter(v).most_common(1)[0][1] for v in by_cat.values()) / len(gt)
+  assert perfect["prior_baseline"] == pytest.approx(expect)
+  assert 0.0 < perfect["prior_baseline"] < 100.0
 
 
 @pytest.mark.parametrize("pred,gt,ok", [
