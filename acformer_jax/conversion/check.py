@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from acformer_jax import config as config_lib
+from acformer_jax.conversion import hf_llava
 from acformer_jax.conversion import plan as plan_lib
 from acformer_jax.models.mllm import MultimodalLM
 
@@ -96,8 +97,7 @@ def _load(module, state, what: str, allow_missing=()):
 
 def _torch_clip(plan, cfg):
   import transformers  # pylint: disable=import-outside-toplevel
-  from acformer_jax.conversion.hf_llava import clip_config_dict  # pylint: disable=import-outside-toplevel
-  vc = transformers.CLIPVisionConfig(**clip_config_dict(cfg.vision))
+  vc = transformers.CLIPVisionConfig(**hf_llava.clip_config_dict(cfg.vision))
   vc._attn_implementation = "eager"  # pylint: disable=protected-access
   state = _state(plan.source, plan.reference["vision_prefix"])
   return _load(transformers.CLIPVisionModel(vc), state, "CLIP", allow_missing=("position_ids",))
@@ -105,8 +105,7 @@ def _torch_clip(plan, cfg):
 
 def _torch_llama(plan, cfg):
   import transformers  # pylint: disable=import-outside-toplevel
-  from acformer_jax.conversion.hf_llava import llama_config_dict  # pylint: disable=import-outside-toplevel
-  lc = transformers.LlamaConfig(**llama_config_dict(cfg.llm))
+  lc = transformers.LlamaConfig(**hf_llava.llama_config_dict(cfg.llm))
   lc._attn_implementation = "eager"  # pylint: disable=protected-access
   p = plan.reference["llm_prefix"]
   state = _state(plan.source, p, skip=(p + "model.mm_projector.", p + "model.vision_tower."))
@@ -205,15 +204,21 @@ def self_check(plan: plan_lib.Plan, cfg, params, mesh, tolerance: float = 1e-3) 
   for name, vision_only, with_image in passes:
     images, ids = fixed_inputs(cfg, with_image=with_image)
     ours = jax_outputs(cfg, params, mesh, images, ids, vision_only=vision_only)
+    diff = scale = 0.0
+    error = None
     if jax.process_index() == 0:
-      ref = torch_outputs(plan, cfg, images, ids, vision_only=vision_only)
-      if ref.shape != ours.shape:
-        raise ValueError(f"self-check: {name} shapes differ: torch {ref.shape}, ours {ours.shape}")
-      diff, scale = float(np.max(np.abs(ref - ours))), float(np.max(np.abs(ref)))
-    else:
-      diff = scale = 0.0
+      try:  # never leave the other processes waiting in the broadcast below
+        ref = torch_outputs(plan, cfg, images, ids, vision_only=vision_only)
+        if ref.shape != ours.shape:
+          raise ValueError(f"{name} shapes differ: torch {ref.shape}, ours {ours.shape}")
+        diff, scale = float(np.max(np.abs(ref - ours))), float(np.max(np.abs(ref)))
+      except Exception as e:  # pylint: disable=broad-except
+        error, diff = f"{type(e).__name__}: {e}", float("nan")
     diff, scale = (float(v) for v in multihost_utils.broadcast_one_to_all(
         np.asarray([diff, scale], np.float64)))
+    if np.isnan(diff):
+      raise ValueError(f"self-check ({name}): the PyTorch reference failed or an output is "
+                       f"not finite ({error or 'non-finite values; see process 0'})")
     details.append(f"{name}: max|Δ| = {diff:.3g} (max|ref| = {scale:.3g})")
     if diff / max(1.0, scale) >= worst / max(1.0, ref_max):
       worst, ref_max = diff, scale

@@ -28,7 +28,9 @@ from acformer_jax import config as config_lib
 from acformer_jax.conversion import hf_llava, llava
 from acformer_jax.conversion import plan as plan_lib
 from acformer_jax.conversion import writer as writer_lib
-from acformer_jax.conversion.keymaps import KeyMap, clip_vision_keymap, flatten_paths
+from acformer_jax.conversion.sources import SafetensorsFile
+from acformer_jax.conversion.keymaps import (KeyMap, clip_vision_keymap, flatten_paths,
+                                             unflatten_paths)
 from acformer_jax.conversion.pipeline import CONVERSION_FILE, EXTRAS_FILE, _barrier, target_tree
 from acformer_jax.inference import loading as inf_loading
 
@@ -45,14 +47,14 @@ def _to_host(x) -> np.ndarray:
 
 
 class _LeafReader:
-  """Restores one stored leaf at a time onto its sharding (Orbax partial restore)."""
+  """Restores stored leaves onto their shardings (Orbax partial restore), a group of
+  leaves of at most ``budget`` bytes (or one larger leaf) at a time, in path order."""
 
-  def __init__(self, params_dir: pathlib.Path, tree):
+  def __init__(self, params_dir: pathlib.Path, tree, budget: int = 1 << 30):
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-    self.ocp, self.dir = ocp, params_dir
+    self.ocp, self.dir, self.budget = ocp, params_dir, budget
     self.ckptr = ocp.PyTreeCheckpointer()
-    meta = self.ckptr.metadata(params_dir)
-    stored = flatten_paths(_tree_of(meta))
+    stored = flatten_paths(_tree_of(self.ckptr.metadata(params_dir)))
     self.targets = {}
     for path, t in flatten_paths(tree).items():
       if path not in stored:
@@ -62,28 +64,28 @@ class _LeafReader:
         raise ValueError(f"{params_dir}: {path} has shape {tuple(m.shape)}, model_config.json "
                          f"implies {tuple(t.shape)}")
       self.targets[path] = jax.ShapeDtypeStruct(t.shape, m.dtype, sharding=t.sharding)
-    self._cache = (None, None)
+    self._cache: Dict[str, jax.Array] = {}
 
-  def dtype(self, path: str):
-    return np.dtype(self.targets[path].dtype)
-
-  def leaf(self, path: str):
-    if self._cache[0] != path:
-      self._cache = (None, None)
-      item: Dict = self.targets[path]
-      for k in reversed(path.split("/")):
-        item = {k: item}
-      args = jax.tree.map(lambda a: self.ocp.ArrayRestoreArgs(
-          sharding=a.sharding, global_shape=a.shape, dtype=a.dtype), item)
-      out = self.ckptr.restore(self.dir, args=self.ocp.args.PyTreeRestore(
-          item=item, restore_args=args, partial_restore=True))
-      for k in path.split("/"):
-        out = out[k]
-      self._cache = (path, out)
-    return self._cache[1]
+  def _load_group(self, first: str) -> None:
+    order = sorted(self.targets)
+    group, size = [], 0
+    for p in order[order.index(first):]:
+      nbytes = int(np.prod(self.targets[p].shape)) * np.dtype(self.targets[p].dtype).itemsize
+      if group and size + nbytes > self.budget:
+        break
+      group.append(p)
+      size += nbytes
+    item = unflatten_paths({p: self.targets[p] for p in group})
+    args = jax.tree.map(lambda a: self.ocp.ArrayRestoreArgs(
+        sharding=a.sharding, global_shape=a.shape, dtype=a.dtype), item)
+    out = self.ckptr.restore(self.dir, args=self.ocp.args.PyTreeRestore(
+        item=item, restore_args=args, partial_restore=True))
+    self._cache = flatten_paths(out)
 
   def row(self, path: str, row: Optional[int]) -> np.ndarray:
-    x = self.leaf(path)
+    if path not in self._cache:
+      self._load_group(path)
+    x = self._cache[path]
     return _to_host(x if row is None else x[row])
 
 
@@ -112,18 +114,18 @@ def _plan_tensors(keymap: KeyMap, targets, dtype: np.dtype):
 
 def _write_keymap(reader: _LeafReader, keymap: KeyMap, directory: pathlib.Path, dtype,
                   max_shard_bytes: int, extra: Optional[Dict[str, np.ndarray]] = None,
-                  progress: bool = False):
+                  progress: bool = False, label: str = "weights"):
   """Writes every keymap tensor (+ ``extra``) as shards; collective over processes."""
   host0 = jax.process_index() == 0
   planned = _plan_tensors(keymap, reader.targets, dtype)
   planned += [(k, v.shape, dtype) for k, v in (extra or {}).items()]
   w = writer_lib.ShardedWriter(directory, planned, max_shard_bytes) if host0 else None
   parts: Dict[str, Dict[int, np.ndarray]] = {}
-  entries = sorted(keymap.entries, key=lambda e: e.path)  # one leaf restore per path
+  entries = sorted(keymap.entries, key=lambda e: e.path)  # restore groups in path order
   it = entries
   if progress and host0:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-    it = tqdm(entries, desc=f"export {directory.name}", unit="tensor")
+    it = tqdm(entries, desc=f"export {label}", unit="tensor")
   for e in it:
     arr = e.transform.inverse(reader.row(e.path, e.row))
     if not host0:
@@ -200,7 +202,8 @@ def export(checkpoint, fmt: str, output, *, mesh=None, layout: Optional[str] = N
       vprefix = info.get("vision_prefix", "vision_model.")
       vmap = clip_vision_keymap(mc.vision.num_layers,
                                 mc.vision.num_computed_layers).with_prefix(vprefix, "vision")
-      _write_keymap(reader, vmap, tmp / VISION_DIR, vision_dtype, shard, progress=progress)
+      _write_keymap(reader, vmap, tmp / VISION_DIR, vision_dtype, shard, progress=progress,
+                    label=VISION_DIR)
       if host0:
         vcfg = dict(info.get("vision_config") or {}) if same else {}
         if vcfg.get("model_type") == "clip":
@@ -228,7 +231,6 @@ def _latents(checkpoint: pathlib.Path, mc: config_lib.ModelConfig, dtype) -> np.
   """The official resampler's unused ``latents``: preserved ones, else zeros (spec 1.4)."""
   path = checkpoint / EXTRAS_FILE
   if path.is_file():
-    from acformer_jax.conversion.sources import SafetensorsFile  # pylint: disable=import-outside-toplevel
     f = SafetensorsFile(path)
     if "resampler_latents" in f.tensors:
       return f.read_slice("resampler_latents", (slice(None),) * 2).astype(dtype)

@@ -20,6 +20,7 @@ starting point built from pretrained towers.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Dict, Optional
 
 from acformer_jax import config as config_lib
@@ -47,10 +48,11 @@ def _plan_towers(fmt: str, input_path, vision=None, llm=None, connector=None,
   vd, ld = towers.read_hf_config(vision_dir), towers.read_hf_config(llm_dir)
   vc = towers.vision_config_from_hf(vd, select_layer=select_layer)
   lc = towers.llm_config_from_hf(ld)
-  try:
-    conn = config_lib._build(config_lib.ConnectorConfig, connector or {})  # pylint: disable=protected-access
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"--connector: {e}") from None
+  fields = [f.name for f in dataclasses.fields(config_lib.ConnectorConfig)]
+  unknown = sorted(set(connector or {}) - set(fields))
+  if unknown:
+    raise ValueError(f"--connector: unknown field(s) {unknown}; expected some of {fields}")
+  conn = config_lib.ConnectorConfig(**(connector or {}))
   cfg = config_lib.ModelConfig(vision=vc, llm=lc, connector=conn, image_token_id=lc.vocab_size)
   config_lib.num_visual_tokens(cfg)  # validates connector.type
   source = TensorSource().mount("vision:", vision_dir).mount("llm:", llm_dir)
@@ -92,4 +94,4 @@ def make_plan(fmt: str, input_path, vision=None, llm=None, connector: Optional[d
   return plan
 
 
-__all__ = ["EXPORT_FORMATS", "FORMATS", "TensorSource", "make_plan"]
+__all__ = ["EXPORT_FORMATS", "FORMATS", "make_plan"]

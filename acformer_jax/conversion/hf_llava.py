@@ -4,15 +4,13 @@ Spec: ``acformer.md`` 2.9 (HF Llava key layouts and config defaults, the convert
 added ``<image>`` / ``<pad>`` vocabulary rows) and 2.8 (``vision_feature_layer``,
 ``vision_feature_select_strategy``).
 
-Key layouts (prefixes of the language body, the head, the vision tower, the projector):
+Key layouts, as (language body, head, vision tower, projector) prefixes:
 
-=============  ==========================  ==============================  ===================================  ===============================
-layout         language model body         head                            vision tower                         projector
-=============  ==========================  ==============================  ===================================  ===============================
-legacy         ``language_model.model.``   ``language_model.lm_head``      ``vision_tower.vision_model.``       ``multi_modal_projector.``
-transformers5  ``language_model.model.``   ``language_model.lm_head``      ``vision_tower.``                    ``multi_modal_projector.``
-current        ``model.language_model.``   ``lm_head``                     ``model.vision_tower.vision_model.`` ``model.multi_modal_projector.``
-=============  ==========================  ==============================  ===================================  ===============================
+* ``legacy``: ``language_model.model.``, ``language_model.lm_head``,
+  ``vision_tower.vision_model.``, ``multi_modal_projector.``;
+* ``transformers5``: as legacy but the tower is ``vision_tower.`` (no ``vision_model.``);
+* ``current``: ``model.language_model.``, ``lm_head``, ``model.vision_tower.vision_model.``,
+  ``model.multi_modal_projector.``.
 
 ``legacy`` is what the original converter and older hub repos store, ``transformers5``
 what ``save_pretrained`` writes with transformers 5, ``current`` the in-memory names

@@ -16,12 +16,12 @@ instead when present. AcFormer resampler sizes come from the optional config fie
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 from typing import List, Optional
 
 from acformer_jax import config as config_lib
+from acformer_jax.conversion import hf_llava
 from acformer_jax.conversion import plan as plan_lib
 from acformer_jax.conversion import towers
 from acformer_jax.conversion.sources import TensorSource, has_weights
@@ -136,8 +136,8 @@ def _plan_full(fmt: str, input_dir, vision, llm, **_) -> plan_lib.Plan:
   return plan_lib.Plan(
       format=fmt, config=cfg, source=source, keymap=keymap, extras=extras, problems=problems,
       tokenizer_dir=plan_lib.find_tokenizer(input_dir), info=info,
-      reference={"kind": "composed", "vision": "vision:" if "vision:" in vprefix else "",
-                 "vision_prefix": vprefix, "llm_prefix": "", "connector_prefix": PROJ},
+      reference={"kind": "composed", "vision_prefix": vprefix, "llm_prefix": "",
+                 "connector_prefix": PROJ},
       declared_dtypes={"": info["source_dtype"], "vision:": info["vision_dtype"]})
 
 
@@ -212,14 +212,13 @@ def plan_stage1(input_path, vision=None, llm=None, connector=None, select_layer=
 def export_config(mc: config_lib.ModelConfig, fmt: str, dtype: str, vision_path: str,
                   base: Optional[dict] = None) -> dict:
   """An original-LLaVA config dict (``LlavaLlamaForCausalLM``) for ``mc``."""
-  from acformer_jax.conversion.hf_llava import llama_config_dict  # pylint: disable=import-outside-toplevel
   kind = mc.connector.type
   allowed = ("acformer",) if fmt == "acformer" else ("linear", "mlp2x_gelu")
   if kind not in allowed:
     raise ValueError(f"{fmt} export needs connector.type in {allowed}; this model has {kind!r}")
   d = dict(base or {})
   d.pop("rope_parameters", None)
-  d.update(llama_config_dict(mc.llm))
+  d.update(hf_llava.llama_config_dict(mc.llm))
   d.update({"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava_llama",
             "mm_vision_tower": vision_path, "mm_hidden_size": mc.vision.hidden_size,
             "mm_projector_type": "linear" if kind == "linear" else "mlp2x_gelu",
@@ -245,7 +244,3 @@ def export_keymap(mc: config_lib.ModelConfig):
 def latents_shape(mc: config_lib.ModelConfig):
   """Shape of the official resampler's unused ``latents`` (spec 1.4: 144 x dim)."""
   return (144, mc.vision.hidden_size)
-
-
-def with_updates(cfg: config_lib.ModelConfig, **kw) -> config_lib.ModelConfig:
-  return dataclasses.replace(cfg, **kw)

@@ -7,7 +7,8 @@ Each parameter is built with ``jax.make_array_from_callback``: the callback runs
 this process's devices only and reads exactly the block each device holds (one
 stacked layer at a time), so under ``jax.distributed`` every process reads and holds
 only its share. The output is the inference/training checkpoint layout
-(``inference.loading``: ``model_config.json``, Orbax ``params/``, ``tokenizer/``) plus
+(``inference.loading``: ``model_config.json``, Orbax ``params/``, ``tokenizer/``; the
+trainer's ``init.params_from=orbax:DIR`` reads it too) plus
 ``conversion.json`` (provenance, used by the exporter) and ``extras.safetensors``
 (source tensors the model does not use, kept for exact round trips). It is written
 under a temporary name and renamed when complete.
@@ -15,6 +16,7 @@ under a temporary name and renamed when complete.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import pathlib
@@ -27,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from acformer_jax import config as config_lib
+from acformer_jax import sharding as sharding_lib
 from acformer_jax.conversion import plan as plan_lib
 from acformer_jax.conversion.keymaps import ConversionError, flatten_paths, unflatten_paths
 from acformer_jax.inference import loading as inf_loading
@@ -36,6 +39,9 @@ from acformer_jax.models.mllm import MultimodalLM
 log = logging.getLogger("acformer_jax.convert")
 CONVERSION_FILE = "conversion.json"
 EXTRAS_FILE = "extras.safetensors"
+CHUNK_BYTES = 64 << 20
+TOKENIZER_COPY = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                  "special_tokens_map.json", "added_tokens.json")  # what inference.loading reads
 
 
 def with_param_dtype(plan: plan_lib.Plan, param_dtype: str = "auto") -> config_lib.ModelConfig:
@@ -47,9 +53,22 @@ def with_param_dtype(plan: plan_lib.Plan, param_dtype: str = "auto") -> config_l
   return dataclasses.replace(plan.config, param_dtype=param_dtype, dtype=param_dtype)
 
 
+@functools.lru_cache(maxsize=8)
+def _abstract(cfg: config_lib.ModelConfig) -> Any:
+  return inf_loading.abstract_params(MultimodalLM(cfg))
+
+
 def target_tree(cfg: config_lib.ModelConfig, mesh) -> Any:
-  """Unboxed abstract params of ``MultimodalLM(cfg)`` carrying their NamedShardings."""
-  return inf_loading.restore_target(MultimodalLM(cfg), mesh)
+  """Unboxed abstract params of ``MultimodalLM(cfg)`` carrying their NamedShardings
+  (the ``inference.loading.restore_target`` of that config, traced once per config)."""
+  boxed = _abstract(cfg)
+  if mesh is None:
+    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: dev, nn.unbox(boxed))
+  else:
+    shardings = sharding_lib.logical_to_sharding(nn.get_partition_spec(boxed), mesh)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      nn.unbox(boxed), shardings)
 
 
 def validate(plan: plan_lib.Plan, targets: Mapping[str, Any]) -> None:
@@ -144,6 +163,40 @@ def _barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def save_params(path: pathlib.Path, params: Any, chunk_bytes: int = CHUNK_BYTES) -> None:
+  """The Orbax params item of ``inference.loading`` (restored by its StandardCheckpointer
+  and by the trainer's partial restore), written without OCDBT in ``chunk_bytes`` chunks.
+
+  OCDBT buffers the compressed data of the whole save in memory until it commits
+  (about 0.75x of the params for random bf16); per-array zarr chunks are written as
+  they are compressed, so saving adds no memory peak (jax_practices.md 9.1).
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  save_args = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=chunk_bytes), params)
+  ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=False))
+  absl_log = logging.getLogger("absl")
+  level = absl_log.level
+  absl_log.setLevel(logging.ERROR)  # Orbax warns that there is no OCDBT data to merge
+  try:
+    ckptr.save(pathlib.Path(path).absolute(),
+               args=ocp.args.PyTreeSave(params, save_args=save_args))
+  finally:
+    absl_log.setLevel(level)
+
+
+def copy_tokenizer(src: Optional[pathlib.Path], dst: pathlib.Path) -> None:
+  """Copies the tokenizer files ``inference.loading`` reads (none if ``src`` is None)."""
+  if src is None:
+    return
+  names = [f for f in TOKENIZER_COPY if (src / f).is_file()]
+  if not any(f in names for f in plan_lib.TOKENIZER_FILES):
+    raise FileNotFoundError(f"tokenizer directory {src} holds neither tokenizer.model nor "
+                            "tokenizer.json")
+  dst.mkdir(parents=True, exist_ok=True)
+  for f in names:
+    shutil.copy2(src / f, dst / f)
+
+
 def temp_dir_for(output: pathlib.Path) -> pathlib.Path:
   return output.parent / f".{output.name}.partial"
 
@@ -159,8 +212,11 @@ def write_checkpoint(output, cfg: config_lib.ModelConfig, params: Any, plan: pla
     shutil.rmtree(tmp)
   _barrier("convert:clean")
   try:
-    inf_loading.save_for_inference(tmp, params, cfg, tokenizer_dir=plan.tokenizer_dir)
+    save_params(tmp / inf_loading.PARAMS_DIR, params)
     if host0:
+      (tmp / inf_loading.CONFIG_FILE).write_text(
+          json.dumps(config_lib.model_config_to_dict(cfg), indent=2) + "\n")
+      copy_tokenizer(plan.tokenizer_dir, tmp / inf_loading.TOKENIZER_DIR)
       extras = {name: plan.source.read(key) for name, key in plan.extras.items()}
       if extras:
         writer.write_safetensors(tmp / EXTRAS_FILE, extras)
@@ -193,7 +249,6 @@ def convert(fmt: str, input_path, output, vision=None, llm=None, *, mesh=None,
   output directory behind.
   """
   import time  # pylint: disable=import-outside-toplevel
-  from acformer_jax import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
   from acformer_jax.conversion import check as check_lib  # pylint: disable=import-outside-toplevel
   from acformer_jax.conversion.formats import make_plan  # pylint: disable=import-outside-toplevel
   output = pathlib.Path(output)
@@ -204,6 +259,8 @@ def convert(fmt: str, input_path, output, vision=None, llm=None, *, mesh=None,
                    select_layer=select_layer)
   if tokenizer is not None:
     plan.tokenizer_dir = pathlib.Path(tokenizer)
+    if plan_lib.find_tokenizer(tokenizer) != plan.tokenizer_dir:
+      raise FileNotFoundError(f"--tokenizer {tokenizer}: no tokenizer.model or tokenizer.json")
   if plan.tokenizer_dir is None:
     log.warning("no tokenizer files found next to the inputs: the checkpoint will have none "
                 "(pass --tokenizer DIR; generate/evaluate need one)")

@@ -16,9 +16,8 @@ import numpy as np
 
 from acformer_jax import config as config_lib
 from acformer_jax.conversion import towers
-from acformer_jax.conversion.keymaps import (CLIP_VISION_IGNORE, IDENTITY, LINEAR, ConversionError,
-                                             KeyMap, LayerStack, Rule, clip_vision_keymap,
-                                             llama_keymap)
+from acformer_jax.conversion.keymaps import (IDENTITY, LINEAR, ConversionError, KeyMap, LayerStack,
+                                             Rule, clip_vision_keymap, llama_keymap)
 from acformer_jax.conversion.sources import TensorSource
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")

@@ -29,8 +29,8 @@ def load_pretrained(directory, *, mesh=None, dtype: Optional[str] = None
   if not d.is_dir():
     raise FileNotFoundError(f"{d} does not exist")
   if (d / "model_config.json").is_file():
-    from acformer_jax.inference.loading import load_for_inference  # pylint: disable=import-outside-toplevel
-    loaded = load_for_inference(d, mesh=mesh, dtype=dtype, require_tokenizer=False)
+    from acformer_jax.inference import loading  # pylint: disable=import-outside-toplevel
+    loaded = loading.load_for_inference(d, mesh=mesh, dtype=dtype, require_tokenizer=False)
     return loaded.model, loaded.params
   hf = d / "config.json"
   if hf.is_file() and json.loads(hf.read_text()).get("model_type") == "llava":

@@ -1,0 +1,106 @@
+"""Convert PyTorch checkpoints to an acformer_jax checkpoint: ``python -m acformer_jax.convert``.
+
+  python -m acformer_jax.convert --format hf-llava --input llava-1.5-7b-hf --output ckpt/
+  python -m acformer_jax.convert --format llava --input llava-v1.5-7b \\
+      --vision clip-vit-large-patch14-336 --output ckpt/
+  python -m acformer_jax.convert --format hf-llama --input vicuna-7b-v1.5 \\
+      --vision clip-vit-large-patch14-336 --connector '{"type": "acformer"}' --output init/
+
+Formats: hf-llava, llava, acformer, llava-stage1, hf-clip, hf-llama (docs/conversion.md).
+The output (``model_config.json``, Orbax ``params/``, ``tokenizer/``) is what ``train``
+(``--config.init.params_from=orbax:DIR``), ``generate`` and ``evaluate`` load. After
+loading, a short forward pass is compared with PyTorch (``--skip_check`` skips it; it is
+skipped automatically when a float32 PyTorch copy would not fit in RAM). Exit status 1
+and no output directory on bad input or a failed check. Several processes (``jax.distributed``
+flags) each read only the shards their devices hold. Spec: ``jax_practices.md`` 7-8.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import sys
+
+from absl import app, flags
+
+from acformer_jax import distributed
+
+FORMAT_NAMES = ("hf-llava", "llava", "acformer", "llava-stage1", "hf-clip", "hf-llama")
+_FORMAT = flags.DEFINE_string("format", None, f"Input format, one of {FORMAT_NAMES}.")
+_INPUT = flags.DEFINE_string("input", None, "Input checkpoint directory (or mm_projector.bin).")
+_VISION = flags.DEFINE_string("vision", None, "CLIP vision tower directory (llava, acformer, "
+                              "llava-stage1, hf-llama).")
+_LLM = flags.DEFINE_string("llm", None, "LLaMA/Vicuna directory (llava-stage1, hf-clip).")
+_OUTPUT = flags.DEFINE_string("output", None, "Output directory (must not exist).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
+_PARAM_DTYPE = flags.DEFINE_enum("param_dtype", "auto", ["auto", "float32", "bfloat16"],
+                                 "Stored parameter dtype; auto = bfloat16 if the source is "
+                                 "all bfloat16, else float32 (lossless).")
+_CONNECTOR = flags.DEFINE_string("connector", None, "JSON ConnectorConfig fields for a fresh "
+                                 "connector (hf-clip / hf-llama) or resampler sizes (stage 1).")
+_SELECT_LAYER = flags.DEFINE_integer("select_layer", -2, "Vision feature layer when the input "
+                                     "has no config for it (hf-clip, hf-llama, llava-stage1).")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer directory (default: the input's).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of a fresh connector.")
+_MESH = flags.DEFINE_string("mesh", "1,-1,1", "data,fsdp,tensor mesh the params are placed on.")
+_SKIP_CHECK = flags.DEFINE_bool("skip_check", False, "Skip the PyTorch-vs-JAX self-check.")
+_TOL = flags.DEFINE_float("check_tolerance", 1e-3, "Self-check bound on max|Δlogit| relative "
+                          "to max(1, max|logit|).")
+_PROGRESS = flags.DEFINE_bool("progress", True, "tqdm progress bar (process 0).")
+distributed.define_flags()
+
+
+def peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def parse_mesh(text: str):
+  """``"1,-1,1"`` -> ``(1, -1, 1)`` (data, fsdp, tensor)."""
+  try:
+    shape = tuple(int(x) for x in text.split(","))
+  except ValueError:
+    shape = ()
+  if len(shape) != 3:
+    raise app.UsageError(f"--mesh must be data,fsdp,tensor (e.g. 1,-1,1), got {text!r}")
+  return shape
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if not _FORMAT.value or not _INPUT.value or not _OUTPUT.value:
+    raise app.UsageError("--format, --input and --output are required")
+  connector = None
+  if _CONNECTOR.value:
+    try:
+      connector = json.loads(_CONNECTOR.value)
+    except ValueError as e:
+      raise app.UsageError(f"--connector must be a JSON object: {e}") from None
+  logging.getLogger("acformer_jax").setLevel(logging.INFO)
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  info = distributed.initialize_from_flags()
+  from acformer_jax import sharding  # pylint: disable=import-outside-toplevel
+  from acformer_jax.conversion import pipeline  # pylint: disable=import-outside-toplevel
+  from acformer_jax.conversion import keymaps  # pylint: disable=import-outside-toplevel
+  try:
+    report = pipeline.convert(
+        _FORMAT.value, _INPUT.value, _OUTPUT.value, vision=_VISION.value, llm=_LLM.value,
+        mesh=sharding.make_mesh(parse_mesh(_MESH.value)), param_dtype=_PARAM_DTYPE.value,
+        connector=connector, select_layer=_SELECT_LAYER.value, seed=_SEED.value,
+        skip_check=_SKIP_CHECK.value, tolerance=_TOL.value, overwrite=_OVERWRITE.value,
+        tokenizer=_TOKENIZER.value, progress=_PROGRESS.value and info.process_index == 0)
+  except (keymaps.ConversionError, ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  report.update(process=info.process_index, peak_rss_mb=round(peak_rss_mb(), 1))
+  print("CONVERT_REPORT " + json.dumps(report), flush=True)
+  distributed.print0(f"wrote {_OUTPUT.value} (self-check: {report.get('self_check')})")
+  return 0
+
+
+def run() -> None:
+  app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,77 @@
+"""Export a checkpoint to PyTorch: ``python -m acformer_jax.export``.
+
+  python -m acformer_jax.export --checkpoint ckpt/ --format hf-llava --output llava-hf/
+  python -m acformer_jax.export --checkpoint run/export --format acformer --output acformer-pt/
+
+``--checkpoint`` is a converted checkpoint or a training export (``model_config.json`` +
+Orbax ``params/``). ``hf-llava`` writes a directory ``LlavaForConditionalGeneration
+.from_pretrained`` loads (``--layout`` legacy | transformers5 | current; default: the
+layout it was converted from, else legacy); ``llava`` / ``acformer`` write the original
+key layout with the CLIP tower in ``vision_tower/``. Safetensors shards (``--max_shard_size``)
++ index + config + tokenizer files. Spec: ``jax_practices.md`` item 7, section 9.8.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+
+from acformer_jax import distributed
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint directory (model_config.json "
+                                  "+ params/).")
+_FORMAT = flags.DEFINE_string("format", None, "hf-llava, llava or acformer.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output directory (must not exist).")
+_LAYOUT = flags.DEFINE_string("layout", None, "hf-llava key layout: legacy, transformers5, "
+                              "current (default: the source's, else legacy).")
+_DTYPE = flags.DEFINE_string("dtype", None, "Tensor dtype (default: the source checkpoint's "
+                             "dtype when known, else the stored params').")
+_SHARD = flags.DEFINE_string("max_shard_size", "5GB", "Largest safetensors shard.")
+_MESH = flags.DEFINE_string("mesh", "1,-1,1", "data,fsdp,tensor mesh to restore onto.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "tqdm progress bar (process 0).")
+distributed.define_flags()
+
+
+def parse_mesh(text: str):
+  try:
+    shape = tuple(int(x) for x in text.split(","))
+  except ValueError:
+    shape = ()
+  if len(shape) != 3:
+    raise app.UsageError(f"--mesh must be data,fsdp,tensor (e.g. 1,-1,1), got {text!r}")
+  return shape
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if not _CHECKPOINT.value or not _FORMAT.value or not _OUTPUT.value:
+    raise app.UsageError("--checkpoint, --format and --output are required")
+  logging.getLogger("acformer_jax").setLevel(logging.INFO)
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  info = distributed.initialize_from_flags()
+  from acformer_jax import sharding  # pylint: disable=import-outside-toplevel
+  from acformer_jax.conversion import exporting  # pylint: disable=import-outside-toplevel
+  if _LAYOUT.value and _LAYOUT.value not in ("legacy", "transformers5", "current"):
+    raise app.UsageError(f"--layout {_LAYOUT.value!r}: expected legacy, transformers5 or current")
+  try:
+    out = exporting.export(
+        _CHECKPOINT.value, _FORMAT.value, _OUTPUT.value,
+        mesh=sharding.make_mesh(parse_mesh(_MESH.value)), layout=_LAYOUT.value,
+        dtype=_DTYPE.value, max_shard_size=_SHARD.value, overwrite=_OVERWRITE.value,
+        progress=_PROGRESS.value and info.process_index == 0)
+  except (ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  distributed.print0(f"wrote {out}")
+  return 0
+
+
+def run() -> None:
+  app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+  run()
