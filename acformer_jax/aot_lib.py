@@ -19,6 +19,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import pickle
 import re
 import time
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
@@ -315,6 +316,22 @@ def _versions() -> dict:
   return out
 
 
+def _encode_tree(key: str, tree) -> dict:
+  """A PyTreeDef as base64 protobuf; trees with registered dataclasses (e.g. the trainer's
+  ``TrainState``), which protobuf cannot hold, are pickled (``<key>_pickle``)."""
+  try:
+    return {key: base64.b64encode(tree.serialize_using_proto()).decode()}
+  except ValueError:
+    return {key + "_pickle": base64.b64encode(pickle.dumps(tree)).decode()}
+
+
+def _decode_tree(side: Mapping[str, Any], key: str):
+  from jax.tree_util import PyTreeDef, default_registry
+  if key in side:
+    return PyTreeDef.deserialize_using_proto(default_registry, base64.b64decode(side[key]))
+  return pickle.loads(base64.b64decode(side[key + "_pickle"]))  # same trust as the payload
+
+
 def save_executable(compiled, path: str, metadata: Optional[Mapping[str, Any]] = None) -> None:
   """Writes a compiled executable to ``path`` plus ``path.json`` (versions, pytrees, SHA-256).
 
@@ -327,8 +344,7 @@ def save_executable(compiled, path: str, metadata: Optional[Mapping[str, Any]] =
   with open(path, "wb") as f:
     f.write(payload)
   side = {"format": 1, "sha256": hashlib.sha256(payload).hexdigest(), "versions": _versions(),
-          "in_tree": base64.b64encode(in_tree.serialize_using_proto()).decode(),
-          "out_tree": base64.b64encode(out_tree.serialize_using_proto()).decode(),
+          **_encode_tree("in_tree", in_tree), **_encode_tree("out_tree", out_tree),
           "metadata": dict(metadata or {})}
   with open(path + ".json", "w") as f:
     json.dump(side, f, indent=1)
@@ -343,7 +359,6 @@ def load_executable(path: str, backend: Optional[str] = None):
   jax/jaxlib/libtpu, which would not load or run correctly.
   """
   from jax.experimental import serialize_executable
-  from jax.tree_util import PyTreeDef, default_registry
   side_path = path + ".json"
   if not os.path.exists(side_path):
     raise FileNotFoundError(f"{side_path}: missing metadata written by save_executable")
@@ -360,6 +375,5 @@ def load_executable(path: str, backend: Optional[str] = None):
     if have.get(pkg) != want:
       raise ValueError(f"{side_path}: compiled with {pkg}=={want}, but {pkg}=={have.get(pkg)} is "
                        "installed; recompile for this environment")
-  in_tree = PyTreeDef.deserialize_using_proto(default_registry, base64.b64decode(side["in_tree"]))
-  out_tree = PyTreeDef.deserialize_using_proto(default_registry, base64.b64decode(side["out_tree"]))
+  in_tree, out_tree = _decode_tree(side, "in_tree"), _decode_tree(side, "out_tree")
   return serialize_executable.deserialize_and_load(payload, in_tree, out_tree, backend=backend)

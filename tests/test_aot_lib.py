@@ -110,7 +110,17 @@ def test_build_mesh_errors():
     aot_lib.build_mesh(jax.devices(), (-1, -1, 1))
 
 
-def test_save_load_executable_roundtrip_on_cpu(tmp_path):
+@pytest.fixture
+def no_persistent_cache():
+  """A CPU executable served from conftest's persistent compile cache loses its runtime
+  symbols when re-serialised; TPU executables never come from that cache."""
+  prev = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  yield
+  jax.config.update("jax_enable_compilation_cache", prev)
+
+
+def test_save_load_executable_roundtrip_on_cpu(tmp_path, no_persistent_cache):
   mesh = aot_lib.build_mesh(jax.devices(), (2, -1, 1))
   # No transcendental ops: a CPU executable served from conftest's persistent cache loses
   # its runtime symbols (e.g. wrapped_tanh) when re-serialised; TPU ones never come from it.

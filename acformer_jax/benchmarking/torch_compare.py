@@ -1,0 +1,182 @@
+"""``bench torch``: our stack against transformers on the same LLaVA-1.5 (MLP) model.
+
+One process builds a random ``LlavaForConditionalGeneration`` (sdpa attention, float32),
+saves it and converts it with ``acformer_jax.load_pretrained`` (identical weights; the
+logits are compared first), then times, interleaved: a full training step (forward,
+backward, global-norm clipping, AdamW; ViT frozen, projector + LLM trained, as LLaVA-1.5
+stage 2, spec ``acformer.md`` 2.2) of each, and greedy decoding (``max_new_tokens`` forced
+with EOS disabled) with our ``inference.Engine`` against ``generate`` at each batch size.
+Presets: ``small`` is the LLaVA step of ``environment.md`` section 4; ``tiny`` is for tests.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from typing import Dict
+
+import numpy as np
+
+PRESETS = {
+    # environment.md 4: CLIP 336/14 (577 tokens), 256 wide, 4 layers, 4 heads, MLP 1024;
+    # LLaMA 512 wide, 4 layers, 8 heads, MLP 1376, vocab 32000; batch 4 x 704 positions.
+    "small": dict(image=336, v_hidden=256, v_layers=4, v_heads=4, v_mlp=1024, hidden=512,
+                  layers=4, heads=8, mlp=1376, vocab=32000, batch=4, text=127, prompt=16,
+                  new_tokens=32),
+    "tiny": dict(image=56, v_hidden=32, v_layers=2, v_heads=4, v_mlp=64, hidden=64, layers=2,
+                 heads=4, mlp=128, vocab=256, batch=2, text=8, prompt=4, new_tokens=4),
+}
+
+
+def add_arguments(p) -> None:
+  p.add_argument("--preset", choices=sorted(PRESETS), default="small")
+  p.add_argument("--reps", type=int, default=5, help="timed repetitions (train step)")
+  p.add_argument("--decode-reps", type=int, default=3, help="timed repetitions (generate)")
+  p.add_argument("--decode-batches", default="1,8", help="generation batch sizes")
+  p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+  p.add_argument("--json", default=None, metavar="FILE", help="also print/write the JSON result")
+  p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
+                 help="before each timed run wait up to S seconds for a quiet machine")
+
+
+def hf_model(pr: Dict, seed: int = 0):
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  vision = transformers.CLIPVisionConfig(
+      image_size=pr["image"], patch_size=14, hidden_size=pr["v_hidden"],
+      intermediate_size=pr["v_mlp"], num_hidden_layers=pr["v_layers"],
+      num_attention_heads=pr["v_heads"])
+  text = transformers.LlamaConfig(
+      vocab_size=pr["vocab"], hidden_size=pr["hidden"], intermediate_size=pr["mlp"],
+      num_hidden_layers=pr["layers"], num_attention_heads=pr["heads"],
+      num_key_value_heads=pr["heads"], max_position_embeddings=2048, rms_norm_eps=1e-5,
+      bos_token_id=1, eos_token_id=2, pad_token_id=0)
+  patches = (pr["image"] // 14) ** 2
+  cfg = transformers.LlavaConfig(
+      vision_config=vision, text_config=text, image_token_index=pr["vocab"] - 1,
+      projector_hidden_act="gelu", vision_feature_layer=-2,
+      vision_feature_select_strategy="default", image_seq_length=patches)
+  cfg._attn_implementation = "sdpa"  # pylint: disable=protected-access
+  torch.manual_seed(seed)
+  return transformers.LlavaForConditionalGeneration(cfg).float(), patches
+
+
+def make_data(pr: Dict, patches: int, batch: int, text: int, seed: int = 0):
+  """``(ids, labels, pixels NHWC)``: ``[BOS, image x patches, text]``, text supervised."""
+  rng = np.random.default_rng(seed)
+  ids = np.concatenate([np.ones((batch, 1), np.int64),
+                        np.full((batch, patches), pr["vocab"] - 1, np.int64),
+                        rng.integers(3, pr["vocab"] - 1, (batch, text))], axis=1)
+  labels = ids.copy()
+  labels[:, :1 + patches] = -100
+  pixels = rng.standard_normal((batch, pr["image"], pr["image"], 3)).astype(np.float32)
+  return ids, labels, pixels
+
+
+def _torch_train_step(model, ids, labels, pixels):
+  import torch  # pylint: disable=import-outside-toplevel
+  model.model.vision_tower.requires_grad_(False)
+  params = [p for p in model.parameters() if p.requires_grad]
+  opt = torch.optim.AdamW(params, lr=2e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+  t_ids, t_lab = torch.from_numpy(ids), torch.from_numpy(labels)
+  t_pix = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+  mask = torch.ones_like(t_ids)
+  model.train()
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    loss = model(input_ids=t_ids, pixel_values=t_pix, attention_mask=mask, labels=t_lab).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return loss.detach().item()
+  return step
+
+
+def _train_cfg():
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  return ml_collections.ConfigDict({
+      "steps": 1000, "trainable": ("connector/", "llm/"), "grad_accum_steps": 1,
+      "optimizer": {"lr": 2e-5, "warmup_ratio": 0.0, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+                    "weight_decay": 0.0, "clip_norm": 1.0}})
+
+
+def _logit_diff(hf, model, params, ids, pixels) -> float:
+  import torch  # pylint: disable=import-outside-toplevel
+  hf.eval()
+  with torch.no_grad():
+    ref = hf(input_ids=torch.from_numpy(ids[:1]),
+             pixel_values=torch.from_numpy(pixels[:1]).permute(0, 3, 1, 2).contiguous()).logits
+  import jax  # pylint: disable=import-outside-toplevel
+  ours = jax.jit(model.apply)({"params": params}, pixels[:1], ids[:1].astype(np.int32))
+  return float(np.max(np.abs(np.asarray(ours) - ref.numpy())))
+
+
+def run(args) -> Dict:
+  import torch  # pylint: disable=import-outside-toplevel
+  from acformer_jax.benchmarking import timing, workload  # pylint: disable=import-outside-toplevel
+  from acformer_jax.conversion.pretrained import load_pretrained  # pylint: disable=import-outside-toplevel
+  from acformer_jax.inference.engine import Engine, Request  # pylint: disable=import-outside-toplevel
+
+  pr = PRESETS[args.preset]
+  torch.set_num_threads(args.threads or os.cpu_count() or 1)
+  log = lambda m: print(m, flush=True)  # noqa: E731
+  hf, patches = hf_model(pr)
+  with tempfile.TemporaryDirectory() as d:
+    hf.save_pretrained(d)
+    model, params = load_pretrained(d, mesh=workload.one_device_mesh())
+  mc = dataclasses.replace(model.config, dtype="float32", scan_layers=True, remat_policy="none")
+  ids, labels, pixels = make_data(pr, patches, pr["batch"], pr["text"])
+  diff = _logit_diff(hf, model, params, ids, pixels)
+  log(f"converted: max |logit diff| {diff:.2e}")
+  if not diff < 1e-2:
+    raise ValueError(f"the converted model disagrees with transformers (max |logit diff| {diff})")
+  batch_np = {"images": pixels, "input_ids": ids.astype(np.int32), "labels": labels.astype(np.int32),
+              "attention_mask": np.ones(ids.shape, np.int32)}
+  ours = workload.build_step(mc, _train_cfg(), batch_np, params=params)
+  theirs = _torch_train_step(hf, ids, labels, pixels)
+  res = timing.interleaved({"jax_train": ours.run, "torch_train": theirs}, reps=args.reps,
+                           warmup=1, log=log, quiet_wait_s=args.quiet_wait)
+  out = {"command": "torch", "preset": args.preset, "torch_threads": torch.get_num_threads(),
+         "params": int(sum(p.numel() for p in hf.parameters())), "max_logit_diff": diff,
+         "train": {"batch": pr["batch"], "seq_len": int(ids.shape[1]), "jax": res["jax_train"],
+                   "torch": res["torch_train"],
+                   "speedup": res["torch_train"]["median_s"] / res["jax_train"]["median_s"]}}
+  del ours
+  hf.eval()
+  n_new = pr["new_tokens"]
+  out["decode"] = []
+  for b in [int(x) for x in args.decode_batches.split(",") if x.strip()]:
+    p_ids, _, p_pix = make_data(pr, patches, b, pr["prompt"], seed=1)
+    engine = Engine(model, params, batch_size=b, bucket_multiple=8)
+    reqs = [Request(list(map(int, p_ids[i])), p_pix[i]) for i in range(b)]
+    t_ids = torch.from_numpy(p_ids)
+    t_pix = torch.from_numpy(p_pix).permute(0, 3, 1, 2).contiguous()
+    got = {}
+
+    def jax_gen():
+      got["jax"] = engine.generate(reqs, max_new_tokens=n_new, eos_token_id=-1)
+
+    def torch_gen():
+      with torch.no_grad():
+        got["torch"] = hf.generate(input_ids=t_ids, pixel_values=t_pix,
+                                   attention_mask=torch.ones_like(t_ids), do_sample=False,
+                                   max_new_tokens=n_new, min_new_tokens=n_new, pad_token_id=0)
+    r = timing.interleaved({"jax": jax_gen, "torch": torch_gen}, reps=args.decode_reps,
+                           warmup=1, log=log, quiet_wait_s=args.quiet_wait)
+    ours_tok = np.array([x.tokens for x in got["jax"]])
+    ref_tok = got["torch"][:, p_ids.shape[1]:].numpy()
+    out["decode"].append({
+        "batch": b, "prompt_len": int(p_ids.shape[1]), "new_tokens": n_new,
+        "jax_tokens_per_s": b * n_new / r["jax"]["median_s"],
+        "torch_tokens_per_s": b * n_new / r["torch"]["median_s"],
+        "speedup": r["torch"]["median_s"] / r["jax"]["median_s"],
+        "greedy_token_agreement": float(np.mean(ours_tok == ref_tok)),
+        "jax": r["jax"], "torch": r["torch"]})
+  print(f"train step ({pr['batch']} x {ids.shape[1]}): jax {out['train']['jax']['median_s']:.3f} s, "
+        f"torch {out['train']['torch']['median_s']:.3f} s -> jax {out['train']['speedup']:.2f}x")
+  for d in out["decode"]:
+    print(f"greedy decode batch {d['batch']}: jax {d['jax_tokens_per_s']:.1f} tok/s, torch "
+          f"{d['torch_tokens_per_s']:.1f} tok/s -> jax {d['speedup']:.2f}x "
+          f"(token agreement {d['greedy_token_agreement']:.0%})")
+  return out

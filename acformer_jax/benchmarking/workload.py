@@ -1,0 +1,196 @@
+"""The benchmark workload: experiment config -> per-connector model, batch and jitted step.
+
+Every connector variant shares the vision tower, the decoder and the batch (images and
+caption tokens); only the connector and the number of image slots differ, as in the
+paper's speed comparison (``acformer.md`` 1.7: same hardware, same batch, stage-1 step).
+The step is the real trainer step (``trainer/step.py``) on a one-device mesh.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import pathlib
+import time
+from typing import Any, Dict, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from acformer_jax import config as config_lib
+from acformer_jax import sharding as sharding_lib
+from acformer_jax.models.mllm import MultimodalLM
+from acformer_jax.trainer import experiment, optim, state as state_lib, step as step_lib
+
+IGNORE = step_lib.IGNORE_INDEX
+
+
+def load_experiment(spec: str):
+  """``configs/x.py`` or ``configs/x.py:arg`` -> the file's ``get_config([arg])``."""
+  path, _, arg = spec.partition(":")
+  p = pathlib.Path(path)
+  if not p.is_file():
+    raise FileNotFoundError(f"--config {p} does not exist")
+  mod_spec = importlib.util.spec_from_file_location(f"acformer_config_{p.stem}", p)
+  mod = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(mod)
+  if not hasattr(mod, "get_config"):
+    raise ValueError(f"--config {p} defines no get_config()")
+  return mod.get_config(arg) if arg else mod.get_config()
+
+
+def connector_config(name: str, base: config_lib.ConnectorConfig) -> config_lib.ConnectorConfig:
+  """A connector variant by name: a preset (``acformer144``, ``mlp2x_gelu``, ...), a type
+  (``acformer`` keeps the config's budget) or ``type:K`` (``pooling_pr:144``)."""
+  if name in experiment.CONNECTOR_PRESETS:
+    return dataclasses.replace(base, **experiment.CONNECTOR_PRESETS[name])
+  kind, _, k = name.partition(":")
+  if kind not in config_lib.CONNECTOR_TYPES:
+    raise ValueError(f"connector {name!r}: expected a preset {sorted(experiment.CONNECTOR_PRESETS)}, "
+                     f"a type {config_lib.CONNECTOR_TYPES} or 'type:K'")
+  out = dataclasses.replace(base, type=kind)
+  if k:
+    try:
+      out = dataclasses.replace(out, num_queries=int(k))
+    except ValueError:
+      raise ValueError(f"connector {name!r}: K must be an integer") from None
+  return out
+
+
+def variant(mc: config_lib.ModelConfig, name: str, **overrides) -> config_lib.ModelConfig:
+  mc = dataclasses.replace(mc, connector=connector_config(name, mc.connector), **overrides)
+  config_lib.num_visual_tokens(mc)  # validates the type
+  return mc
+
+
+def make_batch(mc: config_lib.ModelConfig, batch: int, text_len: int, seed: int = 0
+               ) -> Dict[str, np.ndarray]:
+  """Stage-1 (``plain`` template) batch: ``[BOS, image x Nv, caption (text_len - 1 tokens)]``.
+
+  Images and caption ids depend only on ``seed`` and the vision/LLM configs, so every
+  connector variant sees the same data; labels supervise the caption (spec 2.4).
+  """
+  if text_len < 2:
+    raise ValueError(f"bench.text_len must be >= 2 (BOS + caption), got {text_len}")
+  rng = np.random.default_rng(seed)
+  s, nv, v = mc.vision.image_size, config_lib.num_visual_tokens(mc), mc.llm.vocab_size
+  images = rng.standard_normal((batch, s, s, 3), dtype=np.float32)
+  caption = rng.integers(3, v, size=(batch, text_len - 1), dtype=np.int32)
+  bos = np.full((batch, 1), mc.llm.bos_token_id, np.int32)
+  ids = np.concatenate([bos, np.full((batch, nv), mc.image_token_id, np.int32), caption], axis=1)
+  labels = ids.copy()
+  labels[:, :1 + nv] = IGNORE
+  return {"images": images, "input_ids": ids, "labels": labels,
+          "attention_mask": np.ones_like(ids), "has_image": np.ones((batch,), bool)}
+
+
+@dataclasses.dataclass
+class StepBundle:
+  """A compiled, ready-to-time train step for one model config."""
+  config: config_lib.ModelConfig
+  compiled: Any                  # AOT-compiled (state, batch) -> (state, metrics), state donated
+  state: Any
+  batch: Dict[str, jax.Array]
+  seq_len: int
+  compile_s: float
+  batch_np: Dict[str, np.ndarray]
+
+  def run(self):
+    """One step, threading the donated state; blocks until done; returns the metrics."""
+    self.state, metrics = self.compiled(self.state, self.batch)
+    jax.block_until_ready((self.state, metrics))
+    return metrics
+
+
+def one_device_mesh():
+  return sharding_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+
+
+def make_call(mc: config_lib.ModelConfig, train_cfg, *, seed: int = 0):
+  """``(call, state_fn, abstract_state, shardings)``: the jitted trainer step on one device."""
+  mesh = one_device_mesh()
+  model = MultimodalLM(mc)
+  tx, schedule = optim.make_optimizer(train_cfg.optimizer, int(train_cfg.steps))
+  trainable = tuple(train_cfg.trainable)
+  state_fn = state_lib.make_state_fn(model, mc, tx, trainable)
+  abstract, shardings = state_lib.abstract_state(state_fn, mesh)
+  fn = step_lib.make_train_step(model, tx, schedule, trainable=trainable,
+                                grad_accum=int(train_cfg.get("grad_accum_steps", 1)), seed=seed)
+  return step_lib.jit_train_step(fn, mesh, shardings), state_fn, abstract, shardings
+
+
+def lower_abstract(mc: config_lib.ModelConfig, train_cfg, batch_np: Dict[str, np.ndarray]):
+  """Lowers the step on abstract inputs only (no parameters are materialised)."""
+  call, _, abstract, _ = make_call(mc, train_cfg)
+  dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  batch = {k: jax.ShapeDtypeStruct(batch_np[k].shape, batch_np[k].dtype, sharding=dev)
+           for k in step_lib.BATCH_KEYS}
+  return step_lib.lower(call, abstract, batch)
+
+
+def random_params(abstract: Any, seed: int = 0, std: float = 0.02) -> Any:
+  """Host-drawn random params for the abstract tree: norm scales 1, biases 0, else N(0, std).
+
+  Timing does not depend on the values; drawing them with numpy avoids compiling the
+  model's initialisers (seconds per variant on CPU).
+  """
+  rng = np.random.default_rng(seed)
+
+  def draw(path, a):
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name == "scale":
+      return np.ones(a.shape, a.dtype)
+    if name == "bias":
+      return np.zeros(a.shape, a.dtype)
+    return (std * rng.standard_normal(a.shape, dtype=np.float32)).astype(a.dtype)
+  return jax.tree_util.tree_map_with_path(draw, nn.unbox(abstract))
+
+
+def build_step(mc: config_lib.ModelConfig, train_cfg, batch_np: Dict[str, np.ndarray], *,
+               shared: Optional[Dict[str, Any]] = None, params: Any = None,
+               seed: int = 0) -> StepBundle:
+  """Initialises a state on one device and AOT-compiles the trainer's step for ``mc``.
+
+  ``shared``: params subtrees (e.g. ``vision``, ``llm``) to use instead of the fresh init,
+  so connector variants run the very same towers. ``params``: the whole (unboxed) tree to
+  start from instead of a random init (copied: the state is donated).
+  """
+  call, _, abstract, shardings = make_call(mc, train_cfg, seed=seed)
+  if params is None:
+    params = random_params(abstract.params, seed)
+  tx, _ = optim.make_optimizer(train_cfg.optimizer, int(train_cfg.steps))
+  from_params = state_lib.state_from_params_fn(tx, tuple(train_cfg.trainable))
+  st = jax.jit(from_params, out_shardings=shardings)(jax.tree.map(jnp.copy, params))
+  if shared:
+    params = dict(st.params)
+    for k, v in shared.items():
+      if jax.tree.map(jnp.shape, v) != jax.tree.map(jnp.shape, params[k]):
+        raise ValueError(f"shared params '{k}' do not match the model's shapes")
+      params[k] = jax.tree.map(jnp.copy, v)  # own buffers: the state is donated
+    st = st.replace(params=params)
+  batch = step_lib.device_batch(batch_np, call.mesh)
+  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
+                    for k, v in batch.items()}
+  t = time.perf_counter()
+  compiled = step_lib.lower(call, abstract, abstract_batch).compile()
+  return StepBundle(mc, compiled, st, batch, int(batch_np["input_ids"].shape[1]),
+                    time.perf_counter() - t, batch_np)
+
+
+def model_config(cfg) -> config_lib.ModelConfig:
+  return config_lib.model_config_from_dict(cfg.model)
+
+
+def bench_section(cfg) -> Dict[str, Any]:
+  """``cfg.bench`` with defaults."""
+  b = dict(cfg.bench) if "bench" in cfg else {}
+  b.setdefault("text_len", 32)
+  b.setdefault("connectors", "mlp2x_gelu,acformer144")
+  b.setdefault("reps", 5)
+  b.setdefault("warmup", 1)
+  return b
+
+
+def shapes_for(cfg) -> Tuple[int, int]:
+  return int(cfg.train.global_batch_size), int(bench_section(cfg)["text_len"])

@@ -1,0 +1,193 @@
+"""Shared pieces of the ``configs/*.py`` experiment files (ml_collections ``get_config()``).
+
+Spec: ``jax_practices.md`` item 13 (Python configs, ``get_config(arg)``, config_flags
+overrides, the full config stored with every checkpoint) and ``acformer.md`` 2.1-2.2 (the
+LLaVA-1.5 two-stage recipe). Sections of an experiment config:
+
+* ``model``: :class:`acformer_jax.config.ModelConfig` fields (``vision``, ``llm``, ``connector``).
+* ``mesh``: ``shape`` = ``(data, fsdp, tensor)`` per slice (one entry may be -1) and
+  ``dcn_shape`` across slices (multi-slice: ``create_hybrid_device_mesh``).
+* ``data``: the input pipeline (``acformer_jax.data.train_data``; ``global_batch_size`` follows
+  ``train.global_batch_size``).
+* ``train``: steps, batch, accumulation, optimizer, trainable patterns, logging, guards.
+* ``checkpoint``: interval, keep-N, async, export.
+* ``init``: where parameters come from when not resuming (see :func:`init_sources`).
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import ml_collections
+from ml_collections import config_dict
+
+from acformer_jax import config as config_lib
+
+STAGE1_TRAINABLE = ("connector/",)
+STAGE2_TRAINABLE = ("connector/", "llm/")
+CONNECTOR_PRESETS = {
+    "acformer64": dict(type="acformer", num_queries=64),
+    "acformer144": dict(type="acformer", num_queries=144),
+    "acformer256": dict(type="acformer", num_queries=256),
+    "mlp2x_gelu": dict(type="mlp2x_gelu"),
+}
+INIT_SUBTREES = ("vision", "connector", "llm")
+
+
+def _dict_of(dc) -> ml_collections.ConfigDict:
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  d = dataclasses.asdict(dc)
+  if "rope_scaling" in d and d["rope_scaling"] is None:
+    d["rope_scaling"] = config_dict.placeholder(tuple)
+  if "head_dim" in d and d["head_dim"] is None:
+    d["head_dim"] = config_dict.placeholder(int)
+  return ml_collections.ConfigDict(d)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field with its default; experiment files override a few."""
+  from acformer_jax.data.train_data import default_data_config  # pylint: disable=import-outside-toplevel
+  c = ml_collections.ConfigDict()
+  mc = config_lib.ModelConfig()
+  c.model = ml_collections.ConfigDict({
+      "vision": _dict_of(mc.vision), "llm": _dict_of(mc.llm), "connector": _dict_of(mc.connector),
+      "image_token_id": mc.image_token_id, "dtype": "bfloat16", "param_dtype": "float32",
+      "scan_layers": True, "remat_policy": "minimal"})
+  c.mesh = ml_collections.ConfigDict({"shape": (1, -1, 1), "dcn_shape": (1, 1, 1)})
+
+  c.train = ml_collections.ConfigDict()
+  t = c.train
+  t.stage = 1
+  t.steps = 2181
+  t.global_batch_size = 256
+  t.grad_accum_steps = 1
+  t.seed = 0
+  t.trainable = STAGE1_TRAINABLE
+  t.optimizer = ml_collections.ConfigDict({
+      "lr": 1e-3, "warmup_ratio": 0.03, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+      "weight_decay": 0.0, "clip_norm": 1.0})
+  t.loss_positions = 0              # >0: LM head only on that many supervised positions per row
+  t.log_every = 10
+  t.nan_guard = True
+  t.sharding_tolerance = 0.02       # max fraction of parameter bytes replicated over fsdp/tensor
+  t.peak_flops_per_device = 0.0     # 0 = table (TPU/GPU) or measured (CPU)
+  t.progress_bar = True
+  t.debug_step_delay_s = 0.0        # tests only: sleep after each step (preemption tests)
+
+  c.data = default_data_config()
+  c.data.global_batch_size = t.get_ref("global_batch_size")
+
+  c.checkpoint = ml_collections.ConfigDict({
+      "every": 500, "keep": 3, "async_save": True, "export": True})
+
+  # Per subtree: "" (random init), "orbax:<path>[#<prefix>]" (a run, checkpoint, step or
+  # params export), "hf_clip:<dir>" or "hf_llama:<dir>" (a Hugging Face checkpoint directory).
+  # `params_from` is the default for the subtrees left empty.
+  c.init = ml_collections.ConfigDict({"params_from": "", "vision": "", "connector": "", "llm": "",
+                                      "allow_random": False})
+  return c
+
+
+def set_model(c: ml_collections.ConfigDict, *, llm: config_lib.LLMConfig,
+              vision: config_lib.VisionConfig, connector: str) -> None:
+  """Fills ``c.model`` from tower configs and a :data:`CONNECTOR_PRESETS` name."""
+  if connector not in CONNECTOR_PRESETS:
+    raise ValueError(f"connector preset {connector!r} is not one of {sorted(CONNECTOR_PRESETS)}")
+  c.model.llm = _dict_of(llm)
+  c.model.vision = _dict_of(vision)
+  c.model.connector = _dict_of(config_lib.ConnectorConfig(**CONNECTOR_PRESETS[connector]))
+  c.model.image_token_id = llm.vocab_size
+
+
+def stage1(c: ml_collections.ConfigDict) -> None:
+  """LLaVA-1.5 pretraining (spec 2.1): connector only, lr 1e-3, batch 256, ``plain``."""
+  c.train.stage = 1
+  c.train.trainable = STAGE1_TRAINABLE
+  c.train.optimizer.lr = 1e-3
+  c.train.global_batch_size = 256
+  c.train.steps = 2181
+  c.data.builder = "llava_pretrain"
+  c.data.template = "plain"
+  c.data.pad_to_square = False
+  c.data.group_by_length = False
+
+
+def stage2(c: ml_collections.ConfigDict) -> None:
+  """LLaVA-1.5 instruction tuning (spec 2.2): connector + LLM, lr 2e-5, batch 128,
+  ``vicuna_v1``, padded images, modality-length grouping."""
+  c.train.stage = 2
+  c.train.trainable = STAGE2_TRAINABLE
+  c.train.optimizer.lr = 2e-5
+  c.train.global_batch_size = 128
+  c.train.steps = 5198
+  c.data.builder = "llava_instruct"
+  c.data.template = "vicuna_v1"
+  c.data.pad_to_square = True
+  c.data.group_by_length = True
+
+
+def vicuna(size: str) -> config_lib.LLMConfig:
+  """Vicuna v1.5 7B / 13B (spec 3.1)."""
+  if size == "7b":
+    return config_lib.LLMConfig()
+  if size == "13b":
+    return config_lib.LLMConfig(hidden_size=5120, intermediate_size=13824, num_layers=40,
+                                num_heads=40, num_kv_heads=40)
+  raise ValueError(f"unknown Vicuna size {size!r}; expected '7b' or '13b'")
+
+
+def clip_vit_l336() -> config_lib.VisionConfig:
+  """openai/clip-vit-large-patch14-336, features from block -2 (spec 3.2)."""
+  return config_lib.VisionConfig()
+
+
+def parse_source(spec: str, subtree: str) -> Dict[str, str]:
+  """``"orbax:/run#connector"`` -> ``{"kind": "orbax", "path": "/run", "prefix": "connector"}``."""
+  if not spec:
+    return {}
+  kind, sep, rest = spec.partition(":")
+  if not sep or kind not in ("orbax", "hf_clip", "hf_llama") or not rest:
+    raise ValueError(
+        f"init.{subtree}={spec!r}: expected 'orbax:<path>[#<prefix>]', 'hf_clip:<dir>' or "
+        "'hf_llama:<dir>'")
+  path, _, prefix = rest.partition("#")
+  if kind == "hf_clip" and subtree != "vision" or kind == "hf_llama" and subtree != "llm":
+    raise ValueError(f"init.{subtree}={spec!r}: {kind} can only initialise "
+                     f"{'vision' if kind == 'hf_clip' else 'llm'}")
+  return {"kind": kind, "path": path, "prefix": prefix or subtree}
+
+
+def init_sources(init_cfg) -> Dict[str, Dict[str, str]]:
+  """Subtree -> parsed source (empty dict = random init)."""
+  return {name: parse_source(init_cfg.get(name) or init_cfg.get("params_from") or "", name)
+          for name in INIT_SUBTREES}
+
+
+def tiny(c: ml_collections.ConfigDict, connector: str = "acformer") -> None:
+  """Tiny random towers for the CPU demo (``acformer_demo`` shapes at 56 px).
+
+  ViT: 56 px / patch 7 = 64 patches, 3 blocks (2 computed), 4 heads. LLM: 2 layers of 128
+  on the 512-piece demo tokenizer (``trainer/demo_tokenizer.py``, built on first use).
+  ``acformer``: budget 16 = 4 anchors per head -> 17 tokens (a 2-block resampler);
+  ``mlp2x_gelu``: all 64 patches.
+  """
+  from acformer_jax.trainer import demo_tokenizer  # pylint: disable=import-outside-toplevel
+  vision = config_lib.VisionConfig(image_size=56, patch_size=7, hidden_size=64,
+                                   intermediate_size=128, num_layers=3, num_heads=4)
+  llm = config_lib.LLMConfig(vocab_size=demo_tokenizer.VOCAB_SIZE, hidden_size=128,
+                             intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=4,
+                             max_position_embeddings=512)
+  c.model.vision = _dict_of(vision)
+  c.model.llm = _dict_of(llm)
+  c.model.image_token_id = llm.vocab_size
+  conn = dict(type=connector, num_queries=16, depth=2, heads=4, dim_head=16, ff_mult=2)
+  c.model.connector = _dict_of(config_lib.ConnectorConfig(**conn))
+  c.model.dtype = "float32"       # bf16 is slower than f32 on CPU (environment.md 4)
+  c.model.remat_policy = "none"
+  c.mesh.shape = (4, 2, 1)        # 8 simulated CPU devices: data x FSDP
+  c.train.sharding_tolerance = 0.1
+  c.train.log_every = 10
+  c.checkpoint.every = 50
+  c.checkpoint.keep = 2
+  c.init.allow_random = True      # no pretrained tiny towers exist offline
+  c.data.num_workers = 2
+  c.data.tokenizer_path = str(demo_tokenizer.DEFAULT_DIR)

@@ -1,0 +1,233 @@
+"""The training loop behind ``python -m acformer_jax.train`` (also callable in-process).
+
+Spec: ``acformer.md`` 2.1-2.2 (two-stage recipe), ``jax_practices.md`` items 3-6, 10, 13-14.
+Order of work: validate the config -> mesh -> abstract sharded state -> restore the newest
+readable checkpoint (state + data-iterator position) or build the initial parameters from
+``config.init`` -> sharding check -> jitted step -> loop. The loop dispatches step ``k+1``
+before reading step ``k``'s metrics (one step of lag keeps the device busy) and reads them
+synchronously before every save, so a checkpoint never holds a non-finite state. It stops on
+completion, on preemption (SIGTERM: save now) or on a non-finite loss / gradient norm (no
+save: the last good checkpoint stays the newest).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+from typing import Any, Dict, Optional
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from acformer_jax import sharding as sharding_lib
+from acformer_jax.models.mllm import MultimodalLM
+from acformer_jax.trainer import checkpoint as ckpt_lib
+from acformer_jax.trainer import flops as flops_lib
+from acformer_jax.trainer import initialize, metrics as metrics_lib, optim
+from acformer_jax.trainer import state as state_lib
+from acformer_jax.trainer import step as step_lib
+from acformer_jax.trainer.validate import validate
+
+logger = logging.getLogger("acformer_jax.trainer.loop")
+
+
+def config_to_dict(config) -> Dict[str, Any]:
+  return json.loads(json.dumps(config.to_dict() if hasattr(config, "to_dict") else dict(config),
+                               default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+def data_config(config) -> Dict[str, Any]:
+  d = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data)
+  d["global_batch_size"] = int(config.train.global_batch_size)
+  return d
+
+
+def make_data_iterator(config, mc):
+  from acformer_jax.data.train_data import make_train_iterator  # pylint: disable=import-outside-toplevel
+  from acformer_jax.trainer import demo_tokenizer  # pylint: disable=import-outside-toplevel
+  path = config.data.get("tokenizer_path")
+  if path and pathlib.Path(path) == demo_tokenizer.DEFAULT_DIR and jax.process_index() == 0:
+    demo_tokenizer.build(demo_tokenizer.DEFAULT_DIR)  # idempotent; the tiny configs use it
+  return make_train_iterator(data_config(config), None, mc, jax.process_index(),
+                             jax.process_count(), seed=int(config.train.seed))
+
+
+def tokenizer_dir(config) -> Optional[pathlib.Path]:
+  from acformer_jax.data.tokenizer import DEFAULT_TOKENIZER_DIR  # pylint: disable=import-outside-toplevel
+  path = config.data.get("tokenizer_path")
+  return pathlib.Path(path) if path else DEFAULT_TOKENIZER_DIR
+
+
+def build(config, mesh=None):
+  """Everything but the data and the loop: model, optimizer, mesh, abstract sharded state."""
+  mc = validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
+  if mesh is None:
+    mesh = sharding_lib.make_hybrid_mesh(config.mesh.shape, config.mesh.dcn_shape)
+  model = MultimodalLM(mc)
+  steps = int(config.train.steps)
+  tx, schedule = optim.make_optimizer(config.train.optimizer, steps)
+  trainable = tuple(config.train.trainable)
+  state_fn = state_lib.make_state_fn(model, mc, tx, trainable)
+  abstract, shardings = state_lib.abstract_state(state_fn, mesh)
+  return dict(mc=mc, mesh=mesh, model=model, tx=tx, schedule=schedule, trainable=trainable,
+              state_fn=state_fn, abstract=abstract, shardings=shardings)
+
+
+def initial_state(config, b) -> state_lib.TrainState:
+  """A fresh TrainState from ``config.init`` sources (random where none is given)."""
+  init_fn = state_lib.init_params_fn(b["model"], b["mc"])
+  unboxed = lambda r: nn.unbox(init_fn(r))  # noqa: E731
+  params = initialize.initial_params(config.init, unboxed, b["abstract"].params,
+                                     b["shardings"].params, b["mc"],
+                                     jax.random.key(int(config.train.seed)))
+  make = state_lib.state_from_params_fn(b["tx"], b["trainable"])
+  return jax.jit(make, out_shardings=b["shardings"], donate_argnums=0)(params)
+
+
+def llm_trains(abstract_params, trainable) -> bool:
+  pats = optim.compile_patterns(trainable)
+  flat = optim._flat(abstract_params)  # pylint: disable=protected-access
+  return any(optim.is_trainable(k, pats) for k in flat if k.startswith("llm/"))
+
+
+def _host_metrics(m) -> Dict[str, float]:
+  return {k: float(np.asarray(v)) for k, v in jax.device_get(m).items()}
+
+
+def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
+  """Trains until ``config.train.steps`` (resuming if ``workdir`` has checkpoints).
+
+  Returns a summary dict (``status``: completed | preempted | nan, ``step``, last metrics,
+  ``export_dir``); also written to ``<workdir>/summary.json`` on process 0.
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  b = build(config, mesh)
+  mc, mesh, t = b["mc"], b["mesh"], config.train
+  total = int(t.steps)
+  cfg_dict = config_to_dict(config)
+  store = ckpt_lib.CheckpointStore(workdir / "checkpoints", save_every=int(config.checkpoint.every),
+                                   keep=int(config.checkpoint.keep),
+                                   async_save=bool(config.checkpoint.async_save))
+  it = data_iterator if data_iterator is not None else make_data_iterator(config, mc)
+  restored = store.restore_latest(b["abstract"])
+  if restored is not None:
+    state = restored.state
+    it.set_state(ckpt_lib.data_state_for_this_process(restored.data_state))
+    logger.info("resumed from %s step %d", store.directory, restored.step)
+  else:
+    state = initial_state(config, b)
+    logger.info("initialised (%s)", initialize.describe_sources(config.init))
+  frac = state_lib.assert_sufficiently_sharded(state.params, b["shardings"].params, mesh,
+                                               float(t.sharding_tolerance))
+  step_fn = step_lib.jit_train_step(
+      step_lib.make_train_step(b["model"], b["tx"], b["schedule"], trainable=b["trainable"],
+                               grad_accum=int(t.grad_accum_steps), seed=int(t.seed),
+                               loss_positions=int(t.loss_positions)),
+      mesh, b["shardings"])
+
+  seq_len = int(config.data.max_length)
+  step_flops = flops_lib.train_step_flops(mc, int(t.global_batch_size), seq_len,
+                                          llm_trainable=llm_trains(b["abstract"].params, b["trainable"]),
+                                          head_positions=int(t.loss_positions))
+  peak, peak_src = flops_lib.peak_flops_total(float(t.peak_flops_per_device))
+  writer = metrics_lib.MetricsWriter(workdir)
+  start = int(jax.device_get(state.step))
+  if start == 0:
+    writer.write_text("config", "```\n" + json.dumps(cfg_dict, indent=2) + "\n```")
+  logger.info("mesh %s, %d params (%.1f%% bytes replicated over fsdp/tensor), %.3g FLOPs/step "
+              "(vit %.3g, connector %.3g, llm %.3g), peak %.3g FLOP/s (%s)", dict(mesh.shape),
+              state_lib.param_count(state.params), 100 * frac, step_flops.total, step_flops.vit,
+              step_flops.connector, step_flops.llm, peak, peak_src)
+  throughput = metrics_lib.Throughput(step_flops.total, peak)
+  watcher = ckpt_lib.PreemptionWatcher()
+  bar = None
+  if bool(t.progress_bar) and jax.process_index() == 0:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    bar = tqdm(total=total, initial=start, desc=f"stage {t.stage}", dynamic_ncols=True, mininterval=1.0)
+
+  status, last, losses = "completed", {}, []
+  last_saved = restored.step if restored is not None else None
+  pending = None  # (step, metrics) not yet read
+
+  def handle(step: int, m) -> bool:
+    """Reads step metrics; logs; returns False on a non-finite loss/grad norm."""
+    nonlocal last
+    host = _host_metrics(m)
+    last = {"step": step, **host}
+    throughput.add(host["tokens"])
+    losses.append(host["loss"])
+    if bool(t.nan_guard) and not host["finite"]:
+      logger.error("non-finite loss %.4g / grad norm %.4g at step %d: halting; the last good "
+                   "checkpoint is step %s in %s", host["loss"], host["grad_norm"], step,
+                   last_saved, store.directory)
+      return False
+    if host["dropped_tokens"] > 0:
+      logger.warning("step %d: %d supervised tokens beyond train.loss_positions=%d per row were "
+                     "left out of the loss; raise it", step, int(host["dropped_tokens"]),
+                     int(t.loss_positions))
+    if bar is not None:
+      bar.update(1)
+    if step % int(t.log_every) == 0 or step == total:
+      scalars = {f"train/{k}": v for k, v in host.items() if k not in ("finite",)}
+      scalars["train/loss_avg"] = float(np.mean(losses))
+      losses.clear()
+      scalars.update(throughput.scalars())
+      scalars.update(metrics_lib.data_scalars(it.stats()))
+      writer.write_scalars(step, scalars)
+      if bar is not None:
+        bar.set_postfix(loss=f"{host['loss']:.4f}", lr=f"{host['lr']:.2e}")
+      logger.info("step %d loss %.4f lr %.3e grad_norm %.3f %s", step, host["loss"], host["lr"],
+                  host["grad_norm"], {k: round(v, 4) for k, v in scalars.items() if k.startswith("perf/")})
+    return True
+
+  try:
+    for step in range(start, total):
+      batch = next(it)
+      state, m = step_fn(state, step_lib.device_batch(batch, mesh))
+      if pending is not None and not handle(*pending):
+        status, pending = "nan", None
+        break
+      new_step = step + 1
+      pending = (new_step, m)
+      if float(t.debug_step_delay_s) > 0:
+        time.sleep(float(t.debug_step_delay_s))
+      preempted = watcher.reached(new_step)
+      if preempted or new_step == total or store.should_save(new_step):
+        ok = handle(*pending)
+        pending = None
+        if not ok:
+          status = "nan"
+          break
+        if store.save(new_step, state, it.get_state(), cfg_dict, force=True):
+          last_saved = new_step
+        if preempted:
+          status = "preempted"
+          logger.warning("preempted: saved step %d, stopping", new_step)
+          break
+    if pending is not None and not handle(*pending):
+      status = "nan"
+  finally:
+    store.wait()
+    watcher.close()
+    if bar is not None:
+      bar.close()
+    writer.flush()
+
+  export_dir = None
+  if status == "completed" and bool(config.checkpoint.export):
+    export_dir = ckpt_lib.export_for_inference(
+        workdir / "export", state.params, mc, tokenizer_dir=tokenizer_dir(config),
+        experiment_config=cfg_dict)
+  store.close()
+  writer.close()
+  if hasattr(it, "close"):
+    it.close()
+  summary = {"status": status, "step": int(last.get("step", start)), "last_metrics": last,
+             "last_checkpoint": last_saved, "workdir": str(workdir),
+             "export_dir": str(export_dir) if export_dir else None,
+             "flops_per_step": step_flops.total}
+  if jax.process_index() == 0:
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  return summary

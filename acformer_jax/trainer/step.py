@@ -1,0 +1,166 @@
+"""The sharded, jitted train step (``jax_practices.md`` items 4 and 9; ``acformer.md`` 2.5).
+
+One ``jax.jit`` with explicit ``in_shardings`` / ``out_shardings`` and the state donated. It
+contains the whole forward (frozen ViT, ``select_anchors`` via ``lax.top_k`` inside the
+connector, connector, decoder), the masked next-token loss and the AdamW update.
+
+Loss: ``sum of token cross-entropies / number of supervised tokens of the GLOBAL batch``
+(labels shift by one; ``-100`` ignored). This is the global token mean, not LLaVA's average
+of per-device means (spec 2.5 notes the difference). With ``grad_accum > 1`` the global batch
+is cut into microbatches (sample ``i`` goes to microbatch ``i % grad_accum`` so every
+device keeps its share of each) and the gradient of the same global token mean is
+accumulated in a ``lax.scan``; one optimizer update per step.
+
+``loss_positions`` (``train.loss_positions``) restricts the LM head to the supervised
+positions (``trainer/loss.py``). Only the trainable subtree is differentiated (``optim.split_params``): frozen parameters get
+no gradients and no optimizer state and pass through bit-identical. Per-step randomness
+(``random_pr`` queries) is ``fold_in(key(seed), step)``, so a resumed run draws the same keys.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from acformer_jax import sharding as sharding_lib
+from acformer_jax.trainer import loss as loss_lib
+from acformer_jax.trainer import optim
+from acformer_jax.trainer.state import TrainState
+
+IGNORE_INDEX = loss_lib.IGNORE_INDEX
+BATCH_KEYS = ("images", "input_ids", "labels", "attention_mask")
+
+
+def batch_spec(rules=sharding_lib.LOGICAL_AXIS_RULES) -> PartitionSpec:
+  """Leading-axis batch sharding from the logical name ``activation_batch``."""
+  return sharding_lib.logical_to_mesh_spec(("activation_batch",), rules)
+
+
+def batch_shardings(mesh: Mesh, keys: Sequence[str] = BATCH_KEYS) -> Dict[str, NamedSharding]:
+  return {k: NamedSharding(mesh, batch_spec()) for k in keys}
+
+
+def _microbatches(batch: Mapping[str, jax.Array], n: int) -> Dict[str, jax.Array]:
+  """``[B, ...] -> [n, B/n, ...]`` with sample ``i`` in microbatch ``i % n``."""
+  def split(x):
+    y = x.reshape((x.shape[0] // n, n) + x.shape[1:])
+    return jnp.swapaxes(y, 0, 1)
+  out = {k: split(v) for k, v in batch.items()}
+  spec = PartitionSpec(None, *batch_spec())
+  return {k: jax.lax.with_sharding_constraint(v, spec) for k, v in out.items()}
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: Callable, *,
+                    trainable: Sequence[str], grad_accum: int = 1, seed: int = 0,
+                    loss_positions: int = 0) -> Callable:
+  """``(state, batch) -> (state, metrics)``, pure and unjitted (see :func:`jit_train_step`).
+
+  ``loss_positions > 0`` runs the LM head on that many supervised positions per row only
+  (see :mod:`acformer_jax.trainer.loss`); 0 = all positions.
+  """
+  if grad_accum < 1:
+    raise ValueError(f"train.grad_accum_steps must be >= 1, got {grad_accum}")
+  if loss_positions < 0:
+    raise ValueError(f"train.loss_positions must be >= 0, got {loss_positions}")
+
+  def forward_loss(params, mb, key):
+    kw = dict(attention_mask=mb["attention_mask"], rng=key)
+    if loss_positions:
+      positions, targets, dropped = loss_lib.select_positions(mb["labels"], loss_positions)
+      with loss_lib.head_on_positions(positions):
+        logits = model.apply({"params": params}, mb["images"], mb["input_ids"], **kw)
+    else:
+      logits = model.apply({"params": params}, mb["images"], mb["input_ids"], **kw)
+      targets, dropped = loss_lib.shifted_targets(mb["labels"]), jnp.zeros((), jnp.int32)
+    s, _, c = loss_lib.token_loss(logits, targets)
+    return s, c, dropped
+
+  def step_fn(state: TrainState, batch: Mapping[str, jax.Array]):
+    batch = {k: batch[k] for k in BATCH_KEYS}
+    train, frozen = optim.split_params(state.params, trainable)
+    step_key = jax.random.fold_in(jax.random.key(seed), state.step)
+    supervised = jnp.sum(batch["labels"][:, 1:] != IGNORE_INDEX, dtype=jnp.int32)
+    if loss_positions:  # tokens beyond the per-row budget are not in the loss
+      kept = jnp.sum(loss_lib.select_positions(batch["labels"], loss_positions)[1] != IGNORE_INDEX,
+                     dtype=jnp.int32)
+    else:
+      kept = supervised
+    denom = jnp.maximum(kept, 1).astype(jnp.float32)
+
+    def loss_fn(tp, mb, key):
+      s, c, d = forward_loss(optim.merge_params(tp, frozen), mb, key)
+      return s / denom, (s, c, d)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if grad_accum == 1:
+      (_, (loss_sum, correct, dropped)), grads = grad_fn(train, batch, step_key)
+    else:
+      mbs = _microbatches(batch, grad_accum)
+
+      def body(carry, xs):
+        g_acc, s_acc, c_acc, d_acc = carry
+        mb, i = xs
+        (_, (s, c, d)), g = grad_fn(train, mb, jax.random.fold_in(step_key, i))
+        return (jax.tree.map(jnp.add, g_acc, g), s_acc + s, c_acc + c, d_acc + d), None
+
+      zeros = jax.tree.map(jnp.zeros_like, train)
+      izero = jnp.zeros((), jnp.int32)
+      (grads, loss_sum, correct, dropped), _ = jax.lax.scan(
+          body, (zeros, jnp.zeros((), jnp.float32), izero, izero), (mbs, jnp.arange(grad_accum)))
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, train)
+    train = optax.apply_updates(train, updates)
+    loss = loss_sum / denom
+    metrics = {
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "lr": jnp.asarray(schedule(state.step), jnp.float32),
+        "supervised_tokens": supervised,
+        "dropped_tokens": dropped,
+        "tokens": jnp.sum(batch["attention_mask"], dtype=jnp.int32),
+        "token_accuracy": correct.astype(jnp.float32) / denom,
+        "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+    }
+    new_state = state.replace(step=state.step + 1, params=optim.merge_params(train, frozen),
+                              opt_state=opt_state)
+    return new_state, metrics
+
+  return step_fn
+
+
+def jit_train_step(step_fn: Callable, mesh: Mesh, state_shardings,
+                   rules=sharding_lib.LOGICAL_AXIS_RULES) -> Callable:
+  """Jits ``step_fn`` with explicit shardings and donated state.
+
+  The returned callable traces under ``jax.set_mesh(mesh)`` and the logical axis rules, so
+  the models' activation constraints resolve to mesh axes. It exposes ``.jitted`` (for
+  compile counting and AOT lowering).
+  """
+  replicated = NamedSharding(mesh, PartitionSpec())
+  jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings(mesh)),
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+  def call(state, batch):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      return jitted(state, {k: batch[k] for k in BATCH_KEYS})
+
+  call.jitted = jitted
+  call.mesh = mesh
+  return call
+
+
+def lower(call: Callable, abstract_state, abstract_batch, rules=sharding_lib.LOGICAL_AXIS_RULES):
+  """AOT-lowers the jitted step on abstract inputs (compile-only checks, memory analysis)."""
+  with jax.set_mesh(call.mesh), nn.logical_axis_rules(rules):
+    return call.jitted.lower(abstract_state, {k: abstract_batch[k] for k in BATCH_KEYS})
+
+
+def device_batch(batch: Mapping, mesh: Mesh) -> Dict[str, jax.Array]:
+  """Per-host numpy batch -> global ``jax.Array``s sharded over the batch axes
+  (``jax.make_array_from_process_local_data``; spec ``jax_practices.md`` item 5)."""
+  shardings = batch_shardings(mesh)
+  return {k: jax.make_array_from_process_local_data(shardings[k], batch[k]) for k in BATCH_KEYS}

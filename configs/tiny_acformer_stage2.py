@@ -1,0 +1,26 @@
+"""Tiny AcFormer, stage 2 (visual instruction tuning) on the demo QA set, 8 CPU devices.
+
+  python -m acformer_jax.train --config configs/tiny_acformer_stage2.py --workdir /tmp/tiny2 \
+      --local_device_count=8 --config.data.data_dir=/tmp/tfds \
+      --config.init.params_from=orbax:/tmp/tiny1
+
+Recipe as ``acformer.md`` 2.2 (connector + LLM, ViT frozen, ``vicuna_v1``, padded images)
+initialised from the stage-1 run (``init.params_from``: all three towers come from it). The
+learning rate is 1e-3 rather than LLaVA's 2e-5 because the tiny LLM starts from random
+weights, not from Vicuna.
+"""
+from acformer_jax.trainer import experiment
+
+
+def get_config():
+  c = experiment.base_config()
+  experiment.stage2(c)
+  experiment.tiny(c, "acformer")
+  c.data.builder = "acformer_demo/qa_56"
+  c.data.max_length = 128
+  c.data.group_by_length = False
+  c.train.global_batch_size = 32
+  c.train.steps = 300
+  c.train.optimizer.lr = 1e-3
+  c.init.allow_random = False
+  return c

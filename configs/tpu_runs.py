@@ -1,0 +1,62 @@
+"""The real runs on TPU: Vicuna-7B/13B x stage 1/2 x connector, with a checked TPU recipe.
+
+Each recipe (topology, mesh, rows per chip, remat policy) was compiled for its topology with
+``python -m acformer_jax.aot`` and fits; the measured per-chip memory is in docs/aot.md. The
+model, data and optimizer settings come unchanged from ``configs/vicuna{7b,13b}_stage{1,2}.py``
+(LLaVA-1.5 recipe, ``acformer.md`` 2.1-2.2); only the parallelism fields are set here.
+
+Argument: ``<size>_stage<n>_<connector>``, size ``7b`` | ``13b``, connector ``acformer144``
+(AcFormer, 145 visual tokens), ``acformer256`` (257) or ``mlp2x_gelu`` (LLaVA-1.5, 576):
+
+  python -m acformer_jax.aot --config configs/tpu_runs.py:7b_stage2_acformer144      # fits?
+  launch/tpu_pod.sh --name acf --zone ZONE --accelerator v5p-32 up -- \\
+      --config configs/tpu_runs.py:7b_stage2_acformer144 --workdir gs://BUCKET/ac144_s2 \\
+      --config.init.params_from=orbax:gs://BUCKET/ac144_s1 --config.data.manual_dir=...
+
+``config.recommended_topology`` is the default ``--topology`` of ``acformer_jax.aot``.
+"""
+import importlib.util
+import pathlib
+
+SIZES = ("7b", "13b")
+CONNECTORS = ("acformer144", "acformer256", "mlp2x_gelu")
+
+# (size, stage) -> recipe. Global batches are LLaVA-1.5's (stage 1: 256, stage 2: 128), so rows
+# per chip = global batch / chips / grad_accum. Stage 2 trains the LLM: fp32 master weights
+# + Adam moments are 12 bytes per parameter, sharded over every chip (FSDP).
+RECIPES = {
+    ("7b", 1): dict(topology="v5p-32", mesh=(1, -1, 1), grad_accum=2, remat="minimal"),   # 8 rows/chip
+    ("7b", 2): dict(topology="v5p-32", mesh=(1, -1, 1), grad_accum=1, remat="minimal"),   # 8 rows/chip
+    ("13b", 1): dict(topology="v5p-64", mesh=(1, -1, 1), grad_accum=2, remat="minimal"),  # 4 rows/chip
+    ("13b", 2): dict(topology="v5p-64", mesh=(1, -1, 1), grad_accum=1, remat="minimal"),  # 4 rows/chip
+}
+
+
+def _base(size: str, stage: int):
+  path = pathlib.Path(__file__).resolve().parent / f"vicuna{size}_stage{stage}.py"
+  spec = importlib.util.spec_from_file_location(f"_acformer_cfg_{size}_{stage}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def parse(arg: str):
+  """``"7b_stage2_acformer144"`` -> ``("7b", 2, "acformer144")`` with a clear error otherwise."""
+  parts = arg.split("_", 2)
+  ok = (len(parts) == 3 and parts[0] in SIZES and parts[1] in ("stage1", "stage2")
+        and parts[2] in CONNECTORS)
+  if not ok:
+    raise ValueError(f"configs/tpu_runs.py: argument {arg!r} must be <size>_stage<1|2>_<connector> "
+                     f"with size in {SIZES} and connector in {CONNECTORS}, e.g. 7b_stage2_acformer144")
+  return parts[0], int(parts[1][-1]), parts[2]
+
+
+def get_config(arg: str = "7b_stage2_acformer144"):
+  size, stage, connector = parse(arg)
+  c = _base(size, stage).get_config(connector)
+  r = RECIPES[(size, stage)]
+  c.recommended_topology = r["topology"]
+  c.mesh.shape = r["mesh"]
+  c.train.grad_accum_steps = r["grad_accum"]
+  c.model.remat_policy = r["remat"]
+  return c

@@ -1,0 +1,17 @@
+"""Vicuna-13B v1.5 + CLIP ViT-L/14-336, stage 2 (``acformer.md`` 2.2); see ``vicuna7b_stage2.py``.
+
+Argument: the stage-1 connector. Recommended: 64 chips, FSDP over all (mesh (1, -1, 1)),
+2 rows per chip, remat ``full`` (the trained 13B LLM's optimizer state takes most of the memory).
+"""
+from acformer_jax.trainer import experiment
+
+
+def get_config(connector: str = "acformer144"):
+  c = experiment.base_config()
+  experiment.set_model(c, llm=experiment.vicuna("13b"), vision=experiment.clip_vit_l336(),
+                       connector=connector)
+  experiment.stage2(c)
+  c.mesh.shape = (1, -1, 1)
+  c.model.remat_policy = "full"
+  c.checkpoint.every = 500
+  return c

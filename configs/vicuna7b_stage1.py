@@ -1,0 +1,29 @@
+"""Vicuna-7B v1.5 + CLIP ViT-L/14-336, stage 1 (feature alignment, ``acformer.md`` 2.1).
+
+Argument: the connector, ``acformer64`` | ``acformer144`` (default) | ``acformer256`` |
+``mlp2x_gelu`` (LLaVA-1.5's 576 tokens). Only the connector trains (lr 1e-3, batch 256,
+warmup 0.03 + cosine, 1 epoch of LCS-558K = 2181 steps).
+
+  python -m acformer_jax.train --config configs/vicuna7b_stage1.py:acformer144 \
+      --workdir gs://BUCKET/runs/ac144_s1 \
+      --config.init.vision=hf_clip:/ckpt/clip-vit-large-patch14-336 \
+      --config.init.llm=hf_llama:/ckpt/vicuna-7b-v1.5 \
+      --config.data.manual_dir=/data/LLaVA-Pretrain --config.data.data_dir=/data/tfds
+
+Recommended: 32 chips (TPU v4-64 / v5p-64), FSDP over all of them (mesh (1, -1, 1)):
+8 rows per chip, no accumulation. The LLM is frozen but still back-propagates to the visual
+tokens, so activations are kept: remat ``minimal`` (save the weight matmuls). 16 chips:
+``--config.train.grad_accum_steps=2``.
+"""
+from acformer_jax.trainer import experiment
+
+
+def get_config(connector: str = "acformer144"):
+  c = experiment.base_config()
+  experiment.set_model(c, llm=experiment.vicuna("7b"), vision=experiment.clip_vit_l336(),
+                       connector=connector)
+  experiment.stage1(c)
+  c.mesh.shape = (1, -1, 1)
+  c.model.remat_policy = "minimal"
+  c.checkpoint.every = 500
+  return c

@@ -1,0 +1,67 @@
+"""Tiny models, batches and experiment configs shared by the trainer tests."""
+import numpy as np
+
+from acformer_jax import config as C
+from acformer_jax.trainer import experiment
+
+# 28 px / patch 7 = 16 patches, 1 computed ViT block; acformer budget 4 -> 5 visual tokens.
+VISION = C.VisionConfig(image_size=28, patch_size=7, hidden_size=16, intermediate_size=32,
+                        num_layers=2, num_heads=2)
+LLM = C.LLMConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=1,
+                  num_heads=2, num_kv_heads=2)
+CONN = C.ConnectorConfig(type="acformer", num_queries=4, depth=1, heads=2, dim_head=8, ff_mult=2)
+MODEL = C.ModelConfig(vision=VISION, llm=LLM, connector=CONN, image_token_id=64)
+NV = C.num_visual_tokens(MODEL)
+
+
+def batch(seed: int, b: int = 8, text: int = 8, config: C.ModelConfig = MODEL) -> dict:
+  """A random design.md batch: BOS, NV image slots, text; the last 4 text tokens supervised,
+  right padding in odd rows, and one text-only row."""
+  rs = np.random.RandomState(seed)
+  v = config.llm.vocab_size
+  t = 1 + NV + text
+  ids = rs.randint(3, v, size=(b, t)).astype(np.int32)
+  ids[:, 0] = 1
+  ids[:, 1:1 + NV] = config.image_token_id
+  ids[b - 1, 1:1 + NV] = rs.randint(3, v, size=NV)  # a text-only row
+  labels = np.full((b, t), -100, np.int32)
+  labels[:, -5:-1] = ids[:, -5:-1]
+  mask = np.ones((b, t), np.int32)
+  mask[1::2, -1] = 0
+  s = config.vision.image_size
+  return {"images": rs.randn(b, s, s, 3).astype(np.float32), "input_ids": ids, "labels": labels,
+          "attention_mask": mask, "has_image": np.arange(b) != b - 1}
+
+
+def experiment_config(data_dir, tokenizer_dir, *, steps: int, stage: int = 2, every: int = 3):
+  """A full experiment config on ``acformer_demo/qa_tiny`` (56 px) with a tiny model."""
+  c = experiment.base_config()
+  (experiment.stage1 if stage == 1 else experiment.stage2)(c)
+  experiment.tiny(c, "acformer")
+  vision = C.VisionConfig(image_size=56, patch_size=14, hidden_size=16, intermediate_size=32,
+                          num_layers=2, num_heads=2)
+  llm = C.LLMConfig(vocab_size=512, hidden_size=16, intermediate_size=32, num_layers=1,
+                    num_heads=2, num_kv_heads=2, max_position_embeddings=256)
+  c.model.vision = experiment._dict_of(vision)  # pylint: disable=protected-access
+  c.model.llm = experiment._dict_of(llm)  # pylint: disable=protected-access
+  c.model.image_token_id = 512
+  c.model.connector.update(num_queries=4, depth=1, heads=2, dim_head=8, ff_mult=2)
+  c.mesh.shape = (4, 2, 1)
+  c.data.builder = "acformer_demo/qa_tiny"
+  c.data.data_dir = str(data_dir)
+  c.data.tokenizer_path = str(tokenizer_dir)
+  c.data.max_length = 112
+  c.data.group_by_length = False
+  c.data.num_workers = 1
+  c.train.global_batch_size = 8
+  c.train.steps = steps
+  c.train.optimizer.lr = 1e-2
+  c.train.optimizer.warmup_ratio = 0.0
+  c.train.log_every = 1
+  c.train.progress_bar = False
+  c.train.sharding_tolerance = -1.0
+  c.checkpoint.every = every
+  c.checkpoint.keep = 10
+  c.checkpoint.export = False
+  c.init.allow_random = True
+  return c
