@@ -147,7 +147,7 @@ def compile_for_topology(config, topology: str, *, num_slices: Optional[int] = N
   import jax  # pylint: disable=import-outside-toplevel
   from acformer_jax import aot_lib  # pylint: disable=import-outside-toplevel
   from acformer_jax.models.mllm import MultimodalLM  # pylint: disable=import-outside-toplevel
-  from acformer_jax.trainer import flops as flops_lib, optim  # pylint: disable=import-outside-toplevel
+  from acformer_jax.trainer import flops as flops_lib, loop, optim  # pylint: disable=import-outside-toplevel
   from acformer_jax.trainer import state as state_lib, step as step_lib  # pylint: disable=import-outside-toplevel
   from acformer_jax.trainer.validate import validate  # pylint: disable=import-outside-toplevel
 
@@ -172,9 +172,11 @@ def compile_for_topology(config, topology: str, *, num_slices: Optional[int] = N
   gb, seq = int(t.global_batch_size), int(config.data.max_length)
   batch = abstract_batch(mc, mesh, gb, seq)
 
+  # The trainer's start-up checks and FLOP count (trainer/loop.py).
+  state_lib.assert_sufficiently_sharded(abstract.params, shardings.params, mesh,
+                                        float(t.sharding_tolerance))
   train_params, _ = optim.split_params(abstract.params, trainable)
-  llm_trains = any(k.startswith("llm/") for k in optim._flat(train_params))  # pylint: disable=protected-access
-  f = flops_lib.train_step_flops(mc, gb, seq, llm_trainable=llm_trains,
+  f = flops_lib.train_step_flops(mc, gb, seq, llm_trainable=loop.llm_trains(abstract.params, trainable),
                                  head_positions=int(t.loss_positions))
 
   class _Lowerable:  # compile_report calls .lower(...); the trainer's lower() adds mesh + rules

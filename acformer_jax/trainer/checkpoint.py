@@ -152,6 +152,13 @@ class CheckpointStore:
         config=ocp.args.JsonRestore()))
     return Restored(step, out.state, out.data, out.config)
 
+  def read_config(self, step: int) -> Optional[Mapping[str, Any]]:
+    """The ``config`` item of ``step`` (None when it cannot be read)."""
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+    except Exception:  # pylint: disable=broad-except
+      return None
+
   def restore_latest(self, abstract_state) -> Optional[Restored]:
     """The newest checkpoint that restores; broken newer ones are set aside with a warning."""
     for step in sorted(self.all_steps(), reverse=True):

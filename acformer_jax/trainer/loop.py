@@ -28,7 +28,7 @@ from acformer_jax.trainer import flops as flops_lib
 from acformer_jax.trainer import initialize, metrics as metrics_lib, optim
 from acformer_jax.trainer import state as state_lib
 from acformer_jax.trainer import step as step_lib
-from acformer_jax.trainer.validate import validate
+from acformer_jax.trainer.validate import ConfigError, validate
 
 logger = logging.getLogger("acformer_jax.trainer.loop")
 
@@ -92,6 +92,19 @@ def llm_trains(abstract_params, trainable) -> bool:
   return any(optim.is_trainable(k, pats) for k in flat if k.startswith("llm/"))
 
 
+def check_same_model(store: ckpt_lib.CheckpointStore, cfg_dict: Dict[str, Any]) -> None:
+  """Refuses to resume checkpoints of a different model (they would not restore and would
+  otherwise be set aside as unreadable)."""
+  latest = store.latest_step()
+  saved = store.read_config(latest) if latest is not None else None
+  if not saved or saved.get("model") == cfg_dict["model"]:
+    return
+  diff = sorted(k for k in set(saved["model"]) | set(cfg_dict["model"])
+                if saved["model"].get(k) != cfg_dict["model"].get(k))
+  raise ConfigError(f"{store.directory} holds checkpoints of a different model (config.model "
+                    f"fields {diff} differ from step {latest}); use a new --workdir or the old config")
+
+
 def _host_metrics(m) -> Dict[str, float]:
   return {k: float(np.asarray(v)) for k, v in jax.device_get(m).items()}
 
@@ -110,6 +123,7 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
   store = ckpt_lib.CheckpointStore(workdir / "checkpoints", save_every=int(config.checkpoint.every),
                                    keep=int(config.checkpoint.keep),
                                    async_save=bool(config.checkpoint.async_save))
+  check_same_model(store, cfg_dict)
   it = data_iterator if data_iterator is not None else make_data_iterator(config, mc)
   restored = store.restore_latest(b["abstract"])
   if restored is not None:

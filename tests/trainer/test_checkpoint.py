@@ -148,3 +148,16 @@ def test_bad_sources_give_clear_errors(tmp_path):
                                                       sharding=a.sharding), wider)
   with pytest.raises(ValueError, match="cannot load params/connector from .*Requested shape"):
     ckpt_lib.load_params(tmp_path / "run", wider, prefix=("connector",))
+
+
+def test_resuming_a_different_model_is_refused(tmp_path):
+  from acformer_jax.trainer import loop
+  from acformer_jax.trainer.validate import ConfigError
+  state, _ = _random_state(sharding.make_mesh((8, 1, 1)), 0)
+  store = _store(tmp_path)
+  store.save(1, state, {}, {"model": {"connector": {"num_queries": 64}}})
+  store.wait()
+  loop.check_same_model(store, {"model": {"connector": {"num_queries": 64}}})
+  with pytest.raises(ConfigError, match=r"different model \(config.model fields \['connector'\]"):
+    loop.check_same_model(store, {"model": {"connector": {"num_queries": 144}}})
+  store.close()
