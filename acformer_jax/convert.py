@@ -55,14 +55,12 @@ def peak_rss_mb() -> float:
 
 
 def parse_mesh(text: str):
-  """``"1,-1,1"`` -> ``(1, -1, 1)`` (data, fsdp, tensor)."""
+  """``"1,-1,1"`` -> ``(1, -1, 1)`` (data, fsdp, tensor); a bad value is a usage error."""
+  from acformer_jax import sharding  # pylint: disable=import-outside-toplevel
   try:
-    shape = tuple(int(x) for x in text.split(","))
-  except ValueError:
-    shape = ()
-  if len(shape) != 3:
-    raise app.UsageError(f"--mesh must be data,fsdp,tensor (e.g. 1,-1,1), got {text!r}")
-  return shape
+    return sharding.parse_mesh_shape(text)
+  except ValueError as e:
+    raise app.UsageError(f"--mesh: {e}") from None
 
 
 def main(argv) -> int:

@@ -35,13 +35,11 @@ distributed.define_flags()
 
 
 def parse_mesh(text: str):
+  from acformer_jax import sharding  # pylint: disable=import-outside-toplevel
   try:
-    shape = tuple(int(x) for x in text.split(","))
-  except ValueError:
-    shape = ()
-  if len(shape) != 3:
-    raise app.UsageError(f"--mesh must be data,fsdp,tensor (e.g. 1,-1,1), got {text!r}")
-  return shape
+    return sharding.parse_mesh_shape(text)
+  except ValueError as e:
+    raise app.UsageError(f"--mesh: {e}") from None
 
 
 def main(argv) -> int:

@@ -71,6 +71,17 @@ def logical_to_sharding(tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
                       is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
+def parse_mesh_shape(text: str) -> Tuple[int, int, int]:
+  """``"1,-1,1"`` -> ``(1, -1, 1)``: sizes of the ``(data, fsdp, tensor)`` axes."""
+  try:
+    shape = tuple(int(x) for x in text.split(","))
+  except ValueError:
+    shape = ()
+  if len(shape) != len(MESH_AXES):
+    raise ValueError(f"expected data,fsdp,tensor sizes (e.g. 1,-1,1), got {text!r}")
+  return shape
+
+
 def make_mesh(shape: Sequence[int], devices=None, axis_names=MESH_AXES) -> Mesh:
   """A ``(data, fsdp, tensor)`` mesh; one entry of ``shape`` may be -1 ("the rest").
 
