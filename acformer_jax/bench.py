@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 from typing import Optional, Sequence
@@ -31,6 +32,29 @@ MFU_COLS = (("connector", "connector", "{}"), ("step s", "step_s", "{:.3f}"),
             ("GFLOP/step", "model_flops", "{:.3g}"), ("GFLOP/s", "achieved_flops_per_s", "{:.1f}"),
             ("MFU", "mfu", "{:.1%}"), ("HFU", "hfu", "{:.1%}"),
             ("MFU paired", "mfu_paired_median", "{:.1%}"))
+
+
+# XLA:CPU flags of ``bench torch`` (docs/performance.md, "CPU tuning"): on that model (a
+# 32k vocabulary, 8 heads of 64) XLA's YNNPACK fusions of matmuls with their elementwise
+# neighbours are slower than plain matmuls followed by XLA's own fusions (about 5% on the
+# train step, 9% on batch-8 decoding), so they are turned off. ``speed`` and ``mfu`` keep
+# XLA's defaults: there the flag slows the short-sequence steps and lowers the measured
+# matmul peak (YNNPACK runs the large matmuls). ``--xla-flags`` overrides either default.
+CPU_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
+DEFAULT_XLA_FLAGS = {"torch": CPU_XLA_FLAGS, "speed": "", "mfu": ""}
+
+
+def apply_xla_flags(flags: str) -> str:
+  """Appends ``flags`` to ``XLA_FLAGS`` before JAX starts its backend; returns the flags
+  in effect (unchanged, with a warning, when the backend is already running)."""
+  jax_mod = sys.modules.get("jax")
+  started = jax_mod is not None and bool(getattr(
+      sys.modules.get("jax._src.xla_bridge"), "_backends", None))
+  if flags and started:
+    print(f"note: JAX is already running; --xla-flags {flags!r} not applied", file=sys.stderr)
+  elif flags:
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+  return os.environ.get("XLA_FLAGS", "")
 
 
 def _scale(rows, keys, factor):
@@ -49,6 +73,9 @@ def _emit(result, json_path: Optional[str]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m acformer_jax.bench", description=__doc__.split("\n")[0])
+  p.add_argument("--xla-flags", default=None,
+                 help=f"XLA flags added before JAX starts (default: {CPU_XLA_FLAGS!r} for "
+                      "torch, none for speed and mfu)")
   sub = p.add_subparsers(dest="command", required=True)
   for name in ("speed", "mfu"):
     s = sub.add_parser(name)
@@ -73,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def _speed_or_mfu(args) -> int:
+def _speed_or_mfu(args, xla_flags) -> int:
   from acformer_jax.benchmarking import speed, workload  # pylint: disable=import-outside-toplevel
   cfg = workload.load_experiment(args.config)
   b = workload.bench_section(cfg)
@@ -104,6 +131,7 @@ def _speed_or_mfu(args) -> int:
   if note:
     print(note)
   res["config"] = args.config
+  res["xla_flags"] = xla_flags
   res["batch"], res["text_len"] = workload.shapes_for(cfg)
   _emit(res, args.json)
   return 0
@@ -111,12 +139,17 @@ def _speed_or_mfu(args) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
+  xla_flags = None
+  if args.command != "plot":
+    flags = args.xla_flags if args.xla_flags is not None else DEFAULT_XLA_FLAGS[args.command]
+    xla_flags = apply_xla_flags(flags)
   try:
     if args.command in ("speed", "mfu"):
-      return _speed_or_mfu(args)
+      return _speed_or_mfu(args, xla_flags)
     if args.command == "torch":
       from acformer_jax.benchmarking import torch_compare  # pylint: disable=import-outside-toplevel
       res = torch_compare.run(args)
+      res["xla_flags"] = xla_flags
     else:
       from acformer_jax.benchmarking import plot  # pylint: disable=import-outside-toplevel
       res = plot.run(args)

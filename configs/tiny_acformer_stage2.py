@@ -7,7 +7,8 @@
 Recipe as ``acformer.md`` 2.2 (connector + LLM, ViT frozen, ``vicuna_v1``, padded images)
 initialised from the stage-1 run (``init.params_from``: all three towers come from it). The
 learning rate is 1e-3 rather than LLaVA's 2e-5 because the tiny LLM starts from random
-weights, not from Vicuna.
+weights, not from Vicuna. ``eval``: held-out demo accuracy at the end of the run
+(``trainer/evaluation.py``).
 """
 from acformer_jax.trainer import experiment
 
@@ -23,4 +24,8 @@ def get_config():
   c.train.steps = 300
   c.train.optimizer.lr = 1e-3
   c.init.allow_random = False
+  # At the end, answer the 500 held-out demo questions with the trained parameters and score
+  # them (summary.json "eval", TensorBoard eval/*); `evaluate run` + `score` on the export
+  # reproduce the number.
+  c.eval.update(benchmark="demo", num_questions=500, batch_size=50)
   return c

@@ -26,6 +26,7 @@ def get_config(arg: str = "stage1"):
     c.data.group_by_length = False
     c.train.steps = 300
     c.init.allow_random = False
+    c.eval.update(benchmark="demo", num_questions=500, batch_size=50)  # as tiny_acformer_stage2
   c.train.global_batch_size = 32
   c.train.optimizer.lr = 1e-3
   return c

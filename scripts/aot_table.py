@@ -27,10 +27,10 @@ def row(name: str, d: dict) -> str:
            f"{r['total_bytes'] / GIB:.2f} / {r['hbm_bytes'] / GIB:.2f} GiB "
            f"({100 * r['total_bytes'] / r['hbm_bytes']:.0f}%)")
   flops = d["flops"]["total"]
-  t50 = flops / (0.5 * chips * PEAK[r["chip"]])
+  t50 = f"{flops / (0.5 * chips * PEAK[r['chip']]):.2f}" if r["fits"] else "—"
   return (f"| {name} | {d['topology']} ({chips}) | ({mesh['data']}, {mesh['fsdp']}, {mesh['tensor']}) | "
           f"{d['per_chip_batch']:g} x {d['grad_accum']} | {d['remat_policy']} | {mem[0]} | {mem[1]} | "
-          f"{mem[2]} | {flops:.3e} | {t50:.2f} | {r['compile_time_s']:.0f} s | "
+          f"{mem[2]} | {flops:.3e} | {t50} | {r['compile_time_s']:.0f} s | "
           f"{'yes' if r['fits'] else '**no**'} |")
 
 

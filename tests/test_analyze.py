@@ -148,3 +148,18 @@ def test_clear_errors(tmp_path, image_file, mllm_checkpoint, capsys):
   with pytest.raises(SystemExit):
     analyze.build_parser().parse_args(["--checkpoint", "x", "--image", "y", "--out", "z",
                                        "--budgets", "a,b"])
+
+
+def test_loads_the_vision_tower_of_a_transformers_llava(tmp_path):
+  from acformer_jax.analysis import loading
+  from acformer_jax.benchmarking import torch_compare
+  hf, patches = torch_compare.hf_model(torch_compare.PRESETS["tiny"])
+  hf.save_pretrained(tmp_path)
+  ck = loading.load_vision(tmp_path)
+  assert ck.kind == "hf_llava" and ck.config.num_patches == patches == 16
+  pixels = torch.randn(1, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+  with torch.no_grad():
+    ref = hf.model.vision_tower(pixel_values=pixels, output_hidden_states=True).hidden_states
+  hidden, _ = layers.all_layers(ck.config, ck.params, pixels.permute(0, 2, 3, 1).numpy())
+  for i, h in enumerate(ref):
+    np.testing.assert_allclose(hidden[i], h.numpy(), atol=1e-4, rtol=0)

@@ -2,7 +2,6 @@
 import json
 import textwrap
 
-import numpy as np
 import pytest
 
 from acformer_jax import bench
@@ -103,7 +102,7 @@ def test_plot(speed_result, tmp_path):
                      "--out", str(out)]) == 0
   assert out.read_bytes()[:4] == b"\x89PNG"
   score = tmp_path / "score.txt"
-  score.write_text("demo summary line\n" + json.dumps({"overall": 55.0, "num_questions": 5}))
+  score.write_text("demo summary line\n" + json.dumps({"benchmark": "demo", "accuracy": 55.0, "num_questions": 5}))
   res = plot_main(["plot", "--speed", str(speed_path), "--score", f"acformer={score}",
                    "--out", str(out), "--json", "-"])
   assert res["points"] == [{"connector": "acformer", "visual_tokens": 17, "accuracy": 55.0,

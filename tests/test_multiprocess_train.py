@@ -38,6 +38,7 @@ def _train_args(workdir, tfds_dir, tok_dir, delay=0.0, cache=True):
           "--config.train.log_every=1", "--config.train.progress_bar=False",
           f"--config.train.debug_step_delay_s={delay}", f"--config.checkpoint.every={EVERY}",
           "--config.checkpoint.keep=5", "--config.checkpoint.export=False",
+          "--config.eval.num_questions=16", "--config.eval.batch_size=8",
           f"--compile_cache={CACHE if cache else ''}"]
 
 
@@ -64,7 +65,8 @@ def _losses(workdir) -> dict:
   out = {}
   for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
     rec = json.loads(line)
-    out.setdefault(rec["step"], []).append(rec["train/loss"])
+    if "train/loss" in rec:  # (eval/* records have no loss)
+      out.setdefault(rec["step"], []).append(rec["train/loss"])
   return out
 
 
@@ -80,17 +82,20 @@ def _read_state(step_dir) -> dict:
   return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(state)}
 
 
-def _wait_for_checkpoint(ckpt_dir, proc, timeout=600):
+def _wait_past_checkpoint(run, proc, timeout=600):
+  """Returns once checkpoint EVERY is committed and a later step has been logged."""
   t0 = time.time()
   while time.time() - t0 < timeout:
-    if (ckpt_dir / str(EVERY) / "state").is_dir():
+    jsonl = run / "metrics.jsonl"
+    if (run / "checkpoints" / str(EVERY) / "state").is_dir() and jsonl.exists() and \
+        max(_losses(run), default=0) > EVERY:
       return
     if proc.poll() is not None:
-      pytest.fail(f"2-process run ended (status {proc.returncode}) before its first checkpoint:\n"
+      pytest.fail(f"2-process run ended (status {proc.returncode}) before it could be killed:\n"
                   f"{proc.stdout.read()[-4000:]}")
     time.sleep(0.1)
   os.killpg(proc.pid, signal.SIGKILL)
-  pytest.fail(f"no checkpoint {ckpt_dir / str(EVERY)} within {timeout} s")
+  pytest.fail(f"no checkpoint {run / 'checkpoints' / str(EVERY)} and later step within {timeout} s")
 
 
 def test_two_processes_killed_and_resumed_match_one_process(tmp_path):
@@ -105,15 +110,15 @@ def test_two_processes_killed_and_resumed_match_one_process(tmp_path):
   # Reference: one process with all 8 devices, uninterrupted.
   _finish(_local(1, 8, _train_args(ref, tfds_dir, tok), tmp_path / "logs_ref"), 900, "1-process run")
 
-  # 2 processes x 4 devices, SIGKILLed (every process, mid-run) after the first checkpoint.
-  p = _local(2, 4, _train_args(run, tfds_dir, tok, delay=2.0, cache=False), tmp_path / "logs_a")
-  _wait_for_checkpoint(run / "checkpoints", p)
+  # 2 processes x 4 devices, SIGKILLed (every process) mid-run: after the checkpoint at step
+  # EVERY and after step EVERY + 1 was logged, so the resumed run repeats that step.
+  p = _local(2, 4, _train_args(run, tfds_dir, tok, delay=3.0, cache=False), tmp_path / "logs_a")
+  _wait_past_checkpoint(run, p)
   os.killpg(p.pid, signal.SIGKILL)
   p.wait(timeout=30)
   assert p.returncode == -signal.SIGKILL
   assert not (run / "summary.json").exists(), "the run finished before it could be killed"
-  killed_at = max(_losses(run))
-  assert killed_at < STEPS
+  assert max(_losses(run)) < STEPS
 
   # The same command again resumes from the newest checkpoint and completes.
   out = _finish(_local(2, 4, _train_args(run, tfds_dir, tok, cache=False), tmp_path / "logs_b"), 900, "resumed run")
@@ -123,6 +128,7 @@ def test_two_processes_killed_and_resumed_match_one_process(tmp_path):
 
   want, got = _losses(ref), _losses(run)
   assert sorted(want) == list(range(1, STEPS + 1)) and sorted(got) == sorted(want)
+  assert len(got[EVERY + 1]) == 2, "step EVERY + 1 should be logged before the kill and after the resume"
   for step, values in got.items():
     np.testing.assert_allclose(values, want[step] * len(values), rtol=2e-5, atol=1e-6,
                                err_msg=f"loss at step {step}")
@@ -131,6 +137,13 @@ def test_two_processes_killed_and_resumed_match_one_process(tmp_path):
   assert final_ref.keys() == final_run.keys()
   for k in final_ref:
     np.testing.assert_allclose(final_run[k], final_ref[k], rtol=2e-5, atol=2e-6, err_msg=k)
+  # The held-out evaluation at the end ran as one SPMD program over both processes' devices
+  # and gave the answers of the 1-process run.
+  ev_ref, ev_run = json.loads((ref / "summary.json").read_text())["eval"], summary["eval"]
+  assert ev_run["step"] == STEPS and ev_run["metrics"]["num_questions"] == 16
+  assert ev_run["metrics"] == ev_ref["metrics"]
+  texts = lambda ev: [json.loads(l)["text"] for l in pathlib.Path(ev["answers"]).read_text().splitlines()]  # noqa: E731
+  assert texts(ev_run) == texts(ev_ref)
   # The comparison is not vacuous: training moved both towers it trains.
   first = _read_state(ref / "checkpoints" / str(EVERY))
   for tower in ("'connector'", "'llm'"):

@@ -4,8 +4,8 @@ Inputs: a ``bench speed --json`` result (step times) and accuracies, from an acc
 (``{"<connector>": accuracy, ...}`` or a list of ``{"connector": ..., "accuracy": ...}``)
 and/or ``--score CONNECTOR=FILE`` pairs, where FILE is the output of ``python -m
 acformer_jax.evaluate score`` (its last line is the metrics JSON; ``--metric`` picks the
-number, ``overall`` for the demo benchmark). Connectors are matched by the names used on
-the ``bench speed`` command line. Spec ``acformer.md`` 1.7.
+number; default ``accuracy``, the demo benchmark's headline). Connectors are matched by
+the names used on the ``bench speed`` command line. Spec ``acformer.md`` 1.7.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def add_arguments(p) -> None:
   p.add_argument("--accuracy", default=None, help="JSON: {connector: accuracy} or a list")
   p.add_argument("--score", action="append", default=[], metavar="CONNECTOR=FILE",
                  help="an `evaluate score` output for one connector (repeatable)")
-  p.add_argument("--metric", default="overall", help="metric read from --score files")
+  p.add_argument("--metric", default="accuracy", help="metric read from --score files")
   p.add_argument("--out", required=True, help="output PNG")
   p.add_argument("--title", default="Accuracy vs training step time")
   p.add_argument("--ylabel", default="accuracy")

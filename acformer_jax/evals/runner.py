@@ -122,6 +122,38 @@ def _known(benchmark: str, recs: list[dict], keys: set, src) -> dict[Hashable, d
   return out
 
 
+def answer_batches(reqs: Sequence[prompts.Request], *, generate_fn: GenerateFn,
+                   images_dir=None, model_id: str = "acformer", batch_size: int = 1):
+  """Yields the LLaVA answer records of `reqs`, one list per `generate_fn` call."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  for start in range(0, len(reqs), batch_size):
+    batch = reqs[start:start + batch_size]
+    inputs = [(load_image(r, images_dir), r.prompt) for r in batch]
+    texts = generate_fn(inputs, max_new_tokens=batch[0].max_new_tokens)
+    if len(texts) != len(batch) or not all(isinstance(t, str) for t in texts):
+      raise TypeError(f"generate_fn returned {len(texts)} items for a batch of "
+                      f"{len(batch)}; expected one string per (image, prompt) pair")
+    yield [eio.answer_record(r.question_id, r.answer_prompt, text.strip(), model_id, r.extra)
+           for r, text in zip(batch, texts)]
+
+
+def answer_all(benchmark: str, questions: Sequence[dict], *, generate_fn: GenerateFn,
+               images_dir=None, model_id: str = "acformer", batch_size: int = 1,
+               progress: bool = False, lang: str = "en") -> list[dict]:
+  """All answers in question order, in memory (no files, no resuming): for callers that
+  run every question on every process, e.g. the evaluation inside a training job."""
+  reqs = [prompts.build_request(benchmark, q, lang=lang) for q in questions]
+  check_images(reqs, images_dir)
+  out = []
+  with tqdm(total=len(reqs), disable=not progress, desc=benchmark, unit="q") as bar:
+    for records in answer_batches(reqs, generate_fn=generate_fn, images_dir=images_dir,
+                                  model_id=model_id, batch_size=batch_size):
+      out += records
+      bar.update(len(records))
+  return out
+
+
 def run(benchmark: str, questions: Sequence[dict], *, generate_fn: GenerateFn,
         output: str | os.PathLike, images_dir: str | os.PathLike | None = None,
         model_id: str = "acformer", batch_size: int = 1, process_index: int = 0,
@@ -148,20 +180,12 @@ def run(benchmark: str, questions: Sequence[dict], *, generate_fn: GenerateFn,
     bar = tqdm(total=hi - lo, initial=hi - lo - len(todo), disable=not progress,
                desc=f"{benchmark} [host {process_index}/{process_count}]", unit="q")
     with open(own, "a", encoding="utf-8") as f, bar:
-      for start in range(0, len(todo), batch_size):
-        batch = todo[start:start + batch_size]
-        inputs = [(load_image(r, images_dir), r.prompt) for r in batch]
-        texts = generate_fn(inputs, max_new_tokens=batch[0].max_new_tokens)
-        if len(texts) != len(batch) or not all(isinstance(t, str) for t in texts):
-          raise TypeError(f"generate_fn returned {len(texts)} items for a batch of "
-                          f"{len(batch)}; expected one string per (image, prompt) pair")
-        for r, text in zip(batch, texts):
-          rec = eio.answer_record(r.question_id, r.answer_prompt, text.strip(), model_id,
-                                  r.extra)
-          f.write(json.dumps(rec) + "\n")
+      for records in answer_batches(todo, generate_fn=generate_fn, images_dir=images_dir,
+                                    model_id=model_id, batch_size=batch_size):
+        f.writelines(json.dumps(rec) + "\n" for rec in records)
         f.flush()
         os.fsync(f.fileno())
-        bar.update(len(batch))
+        bar.update(len(records))
   barrier("acformer_eval_answered")
   if process_index == 0:
     merged = dict(done)

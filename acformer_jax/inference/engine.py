@@ -182,8 +182,8 @@ class Engine:
       out, num, reason, scores, _ = self.programs.decode(
           self.params, cache, kv_mask, lengths, last, *extras,
           max_new_tokens=max_new_tokens, sampler=sampler, return_scores=return_scores)
-    out, num, reason = np.asarray(out), np.asarray(num), np.asarray(reason)
-    scores = np.asarray(scores) if return_scores else None
+    out, num, reason = to_host(out), to_host(num), to_host(reason)
+    scores = to_host(scores) if return_scores else None
     results = []
     for i in range(n_real):
       toks = out[i, :num[i]].tolist()
@@ -205,8 +205,19 @@ class Engine:
         out.append(jnp.asarray(a))
         continue
       full = jax.sharding.PartitionSpec(*spec, *([None] * (a.ndim - 1)))
-      out.append(jax.device_put(a, jax.sharding.NamedSharding(self.mesh, full)))
+      # Every process holds the whole batch; each one places its addressable shards
+      # (multi-process meshes, e.g. the evaluation inside a multi-host training job).
+      out.append(jax.make_array_from_callback(
+          a.shape, jax.sharding.NamedSharding(self.mesh, full), lambda idx, a=a: a[idx]))
     return tuple(out)
+
+
+def to_host(x) -> np.ndarray:
+  """A device array as numpy, gathered from every process when it spans several."""
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def stop_sequence_array(seqs: Sequence[Sequence[int]], multiple: int = 4) -> np.ndarray:

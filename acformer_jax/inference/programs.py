@@ -72,7 +72,8 @@ class Programs:
     kv_mask = jnp.concatenate([prompt_mask.astype(bool), jnp.ones((b, extra), bool)], axis=1)
     cache = llama.init_cache(self.model.config.llm, b, p + extra, self.model.config.dtype)
     cache = self._constrain_cache(cache)
-    logits, cache = self._apply(params, embeds, positions, kv_mask, cache, 0, method="decode")
+    logits, cache = self._apply(params, embeds, positions, kv_mask, cache, 0, True,
+                                method="decode")  # LM head on the last position only
     cache = self._constrain_cache(cache)
     lengths = prompt_mask.sum(axis=-1).astype(jnp.int32)
     return logits[:, -1], cache, kv_mask, lengths

@@ -27,13 +27,14 @@ from acformer_jax.models.layers import (DEFAULT_KERNEL_INIT, DType, RMSNorm, con
                                         partitioned, stacked, to_dtype)
 
 Cache = dict  # {"k": [layers, B, S_max, kv_heads, head_dim], "v": same}
-CACHE_AXES = ("layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim")
+CACHE_AXES = ("layers", "cache_batch", "cache_kv_heads", "cache_length", "cache_head_dim")
 _ACT = ("activation_batch", "activation_length", "activation_embed")
 
 
 def init_cache(config: LLMConfig, batch: int, max_len: int, dtype: DType = "float32") -> Cache:
-  """An empty KV cache ``{"k", "v"}`` of ``[layers, batch, max_len, kv_heads, head_dim]``."""
-  shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.resolved_head_dim)
+  """An empty KV cache ``{"k", "v"}`` of ``[layers, batch, kv_heads, max_len, head_dim]``
+  (heads before slots: the attention matmuls read it without a transpose)."""
+  shape = (config.num_layers, batch, config.num_kv_heads, max_len, config.resolved_head_dim)
   return {"k": jnp.zeros(shape, to_dtype(dtype)), "v": jnp.zeros(shape, to_dtype(dtype))}
 
 
@@ -89,7 +90,9 @@ class LlamaAttention(nn.Module):
   param_dtype: DType = "float32"
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask, cache_index, layer_cache):
+  def __call__(self, x, cos, sin, mask, cache_index, cache, layer):
+    """``cache``: the stacked ``[layers, B, S_max, kv_heads, head_dim]`` cache (or None);
+    ``layer``: this layer's index in it. Returns ``(out, updated cache)``."""
     cfg = self.config
     h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
     kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -100,18 +103,21 @@ class LlamaAttention(nn.Module):
     q = constrain(apply_rope(q, cos, sin), ("activation_batch", "activation_length", "activation_heads", None))
     k = constrain(apply_rope(k, cos, sin), ("activation_batch", "activation_length", "activation_kv_heads", None))
     v = constrain(v, ("activation_batch", "activation_length", "activation_kv_heads", None))
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, kv_heads, T, head_dim]
     new_cache = None
-    if layer_cache is not None:
-      start = (0, cache_index, 0, 0)
-      k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), start)
-      v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), start)
-      new_cache = {"k": k, "v": v}
-      k, v = k.astype(q.dtype), v.astype(q.dtype)
+    if cache is not None:
+      # The whole stacked cache is updated at (layer, :, cache_index) and this layer's slice
+      # read back: XLA updates the loop-carried buffer in place (no per-step cache copy).
+      start = (layer, 0, 0, cache_index, 0)
+      new_cache = {n: jax.lax.dynamic_update_slice(cache[n], new[None].astype(cache[n].dtype), start)
+                   for n, new in (("k", k), ("v", v))}
+      k, v = (jax.lax.dynamic_index_in_dim(new_cache[n], layer, keepdims=False).astype(q.dtype)
+              for n in ("k", "v"))
     q = q.reshape(b, t, kvh, h // kvh, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * hd ** -0.5
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, k).astype(jnp.float32) * hd ** -0.5
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h * hd)
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, v).reshape(b, t, h * hd)
     return dense(cfg.hidden_size, ("heads", "embed"), name="o_proj", **kw)(out), new_cache
 
 
@@ -132,22 +138,24 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaBlock(nn.Module):
-  """Pre-norm decoder block; scan body ``(x, cos, sin, mask, cache_index, layer_cache)``."""
+  """Pre-norm decoder block; scan body ``((x, cache, layer), cos, sin, mask, cache_index)``
+  with the KV cache (or None) and the layer index in the carry."""
   config: LLMConfig
   dtype: DType = "float32"
   param_dtype: DType = "float32"
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask, cache_index, layer_cache):
+  def __call__(self, carry, cos, sin, mask, cache_index):
+    x, cache, layer = carry
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    a, new_cache = LlamaAttention(cfg, name="self_attn", **kw)(
+    a, cache = LlamaAttention(cfg, name="self_attn", **kw)(
         RMSNorm(cfg.rms_norm_eps, name="input_layernorm", **kw)(x), cos, sin, mask, cache_index,
-        layer_cache)
+        cache, layer)
     x = x + a
     x = x + LlamaMLP(cfg, name="mlp", **kw)(
         RMSNorm(cfg.rms_norm_eps, name="post_attention_layernorm", **kw)(x))
-    return constrain(x, _ACT), new_cache
+    return (constrain(x, _ACT), cache, layer + 1), None
 
 
 class LlamaModel(nn.Module):
@@ -177,9 +185,8 @@ class LlamaModel(nn.Module):
         cfg.vocab_size, cfg.hidden_size, dtype=to_dtype(self.dtype),
         param_dtype=to_dtype(self.param_dtype),
         embedding_init=partitioned(DEFAULT_KERNEL_INIT, ("vocab", "embed")))
-    broadcast = (nn.broadcast,) * 4
     self.layers = stacked(LlamaBlock, length=cfg.num_layers, scan_layers=self.scan_layers,
-                          remat=self.remat_policy, in_axes=broadcast + (0,))(cfg, **kw)
+                          remat=self.remat_policy, in_axes=(nn.broadcast,) * 4)(cfg, **kw)
     self.norm = RMSNorm(cfg.rms_norm_eps, **kw)
     if not cfg.tie_word_embeddings:
       self.lm_head = dense(cfg.vocab_size, ("embed", "vocab"), use_bias=False, **kw)
@@ -189,12 +196,17 @@ class LlamaModel(nn.Module):
     return constrain(self.embed_tokens(input_ids), _ACT)
 
   def __call__(self, inputs_embeds: jax.Array, positions: jax.Array, kv_mask: jax.Array,
-               cache: Optional[Cache] = None, cache_index=None):
-    """Returns ``(logits [B,T,V] float32, new_cache)`` (``new_cache`` is None without a cache)."""
+               cache: Optional[Cache] = None, cache_index=None, last_only: bool = False):
+    """Returns ``(logits [B,T,V] float32, new_cache)`` (``new_cache`` is None without a cache).
+
+    ``last_only``: the LM head runs on the last position only (``[B,1,V]``): a prefill needs
+    nothing else, and at a 32k vocabulary the head over every prompt position costs more
+    than the decoder layers.
+    """
     b, t, _ = inputs_embeds.shape
     if self.is_initializing() and not self.config.tie_word_embeddings:
       self.embed_tokens(jnp.zeros((1, 1), jnp.int32))  # create the table at init
-    s = t if cache is None else cache["k"].shape[2]
+    s = t if cache is None else cache["k"].shape[3]
     if tuple(kv_mask.shape) != (b, s):
       raise ValueError(f"kv_mask must be [B, {'T' if cache is None else 'S_max'}] = {(b, s)}, "
                        f"got {tuple(kv_mask.shape)}")
@@ -206,7 +218,9 @@ class LlamaModel(nn.Module):
     mask = (causal[None] & kv_mask.astype(bool)[:, None, :])[:, None, None]  # [B,1,1,T,S]
     cos, sin = rope_cos_sin(positions, rope_inv_freq(self.config))
     x = constrain(inputs_embeds.astype(to_dtype(self.dtype)), _ACT)
-    x, new_cache = self.layers(x, cos, sin, mask, start, cache)
+    (x, new_cache, _), _ = self.layers((x, cache, jnp.int32(0)), cos, sin, mask, start)
+    if last_only:
+      x = x[:, -1:]
     x = self.norm(x)
     if self.config.tie_word_embeddings:
       logits = self.embed_tokens.attend(x)

@@ -65,9 +65,11 @@ class MultimodalLM(nn.Module):
     return jnp.where(is_image[..., None], placed, text)
 
   def decode(self, embeds: jax.Array, positions: jax.Array, kv_mask: jax.Array,
-             cache=None, cache_index=None):
-    """The decoder on embeddings: ``(logits [B,T,V] float32, new_cache)``."""
-    return self.llm(embeds, positions, kv_mask, cache=cache, cache_index=cache_index)
+             cache=None, cache_index=None, last_only: bool = False):
+    """The decoder on embeddings: ``(logits [B,T,V] float32, new_cache)`` (``[B,1,V]`` with
+    ``last_only``)."""
+    return self.llm(embeds, positions, kv_mask, cache=cache, cache_index=cache_index,
+                    last_only=last_only)
 
   def __call__(self, images: jax.Array, input_ids: jax.Array,
                attention_mask: Optional[jax.Array] = None,

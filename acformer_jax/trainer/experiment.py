@@ -12,6 +12,7 @@ LLaVA-1.5 two-stage recipe). Sections of an experiment config:
 * ``train``: steps, batch, accumulation, optimizer, trainable patterns, logging, guards.
 * ``checkpoint``: interval, keep-N, async, export.
 * ``init``: where parameters come from when not resuming (see :func:`init_sources`).
+* ``eval``: held-out evaluation during and after training (``trainer/evaluation.py``).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from acformer_jax import config as config_lib
+from acformer_jax.trainer import evaluation
 
 STAGE1_TRAINABLE = ("connector/",)
 STAGE2_TRAINABLE = ("connector/", "llm/")
@@ -84,6 +86,9 @@ def base_config() -> ml_collections.ConfigDict:
   # `params_from` is the default for the subtrees left empty.
   c.init = ml_collections.ConfigDict({"params_from": "", "vision": "", "connector": "", "llm": "",
                                       "allow_random": False})
+
+  # Held-out evaluation inside the job (trainer/evaluation.py); benchmark "" = off.
+  c.eval = evaluation.default_config()
   return c
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from acformer_jax import sharding as sharding_lib
 from acformer_jax.models.mllm import MultimodalLM
 from acformer_jax.trainer import checkpoint as ckpt_lib
+from acformer_jax.trainer import evaluation
 from acformer_jax.trainer import flops as flops_lib
 from acformer_jax.trainer import initialize, metrics as metrics_lib, optim
 from acformer_jax.trainer import state as state_lib
@@ -113,13 +114,15 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
   """Trains until ``config.train.steps`` (resuming if ``workdir`` has checkpoints).
 
   Returns a summary dict (``status``: completed | preempted | nan, ``step``, last metrics,
-  ``export_dir``); also written to ``<workdir>/summary.json`` on process 0.
+  ``export_dir``, the last held-out ``eval`` of ``config.eval``: benchmark, step, metrics,
+  answer file); also written to ``<workdir>/summary.json`` on process 0.
   """
   workdir = pathlib.Path(workdir).absolute()
   b = build(config, mesh)
   mc, mesh, t = b["mc"], b["mesh"], config.train
   total = int(t.steps)
   cfg_dict = config_to_dict(config)
+  eval_task = evaluation.prepare(config.get("eval"), workdir, mc.vision.image_size)
   store = ckpt_lib.CheckpointStore(workdir / "checkpoints", save_every=int(config.checkpoint.every),
                                    keep=int(config.checkpoint.keep),
                                    async_save=bool(config.checkpoint.async_save))
@@ -161,7 +164,7 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     bar = tqdm(total=total, initial=start, desc=f"stage {t.stage}", dynamic_ncols=True, mininterval=1.0)
 
-  status, last, losses = "completed", {}, []
+  status, last, losses, last_eval = "completed", {}, [], None
   last_saved = restored.step if restored is not None else None
   pending = None  # (step, metrics) not yet read
 
@@ -196,6 +199,14 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
                   host["grad_norm"], {k: round(v, 4) for k, v in scalars.items() if k.startswith("perf/")})
     return True
 
+  def run_eval(step: int):
+    from acformer_jax.data.tokenizer import load_tokenizer  # pylint: disable=import-outside-toplevel
+    res = evaluation.run(eval_task, model=b["model"], mc=mc, params=nn.unbox(state.params),
+                         mesh=mesh, tokenizer=load_tokenizer(tokenizer_dir(config)), step=step,
+                         workdir=workdir)
+    writer.write_scalars(step, evaluation.scalars(res))
+    return res
+
   try:
     for step in range(start, total):
       batch = next(it)
@@ -220,6 +231,13 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
           status = "preempted"
           logger.warning("preempted: saved step %d, stopping", new_step)
           break
+      if eval_task is not None and eval_task.due(new_step, total):
+        if pending is not None:
+          ok, pending = handle(*pending), None
+          if not ok:
+            status = "nan"
+            break
+        last_eval = run_eval(new_step)
     if pending is not None and not handle(*pending):
       status = "nan"
   finally:
@@ -241,7 +259,7 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
   summary = {"status": status, "step": int(last.get("step", start)), "last_metrics": last,
              "last_checkpoint": last_saved, "workdir": str(workdir),
              "export_dir": str(export_dir) if export_dir else None,
-             "flops_per_step": step_flops.total}
+             "flops_per_step": step_flops.total, "eval": last_eval}
   if jax.process_index() == 0:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   return summary

@@ -129,6 +129,9 @@ def validate(config, *, num_devices: int, process_count: int = 1) -> config_lib.
   if int(config.data.max_length) <= nv:
     errors.append(f"data.max_length={config.data.max_length} leaves no room for text after the "
                   f"{nv} visual tokens of connector {mc.connector.type!r}")
+  if int(config.data.max_length) > mc.llm.max_position_embeddings:
+    errors.append(f"data.max_length={config.data.max_length} exceeds "
+                  f"model.llm.max_position_embeddings={mc.llm.max_position_embeddings}")
   image_size = config.data.get("image_size")
   if image_size and int(image_size) != mc.vision.image_size:
     errors.append(f"data.image_size={image_size} differs from model.vision.image_size="

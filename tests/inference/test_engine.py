@@ -135,8 +135,8 @@ def test_sharded_engine_matches_and_cache_is_sharded(tiny, eng4):
   with eng.programs.context():
     _, cache, _, _ = eng.programs.prefill(placed, *eng._place(imgs, ids, mask), extra=MAX_NEW - 1,
                                   with_images=True)
-  spec = cache["k"].sharding.spec
-  assert tuple(spec)[:4] == (None, ("data", "fsdp"), None, "tensor"), spec
+  spec = tuple(cache["k"].sharding.spec) + (None,) * 5  # [layers, batch, kv_heads, slots, dim]
+  assert spec[:5] == (None, ("data", "fsdp"), "tensor", None, None), spec
 
 
 def test_bad_requests_are_rejected(eng1):

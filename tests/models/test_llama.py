@@ -98,7 +98,7 @@ def test_prefill_then_decode_matches_full_forward(llama):
     logits, cache = step(params, cache, ids[:, i:i + 1], positions[:, i:i + 1], jnp.int32(i))
     outs.append(np.asarray(logits))
   got = np.concatenate(outs, axis=1)
-  assert cache["k"].shape == (cfg.num_layers, 2, T, cfg.num_kv_heads, cfg.resolved_head_dim)
+  assert cache["k"].shape == (cfg.num_layers, 2, cfg.num_kv_heads, T, cfg.resolved_head_dim)
   np.testing.assert_allclose(got[0], ref0, atol=TOL, rtol=0)
   np.testing.assert_allclose(got[1, pad:], ref1, atol=TOL, rtol=0)
 

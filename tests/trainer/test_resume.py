@@ -13,20 +13,11 @@ import numpy as np
 import pytest
 
 from acformer_jax.trainer import checkpoint as ckpt_lib
-from acformer_jax.trainer import demo_tokenizer, loop
+from acformer_jax.trainer import loop
 from tests.trainer import tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS, EVERY = 8, 3
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-  """``acformer_demo/qa_tiny`` (256 train rows, 56 px) and the demo tokenizer, built here."""
-  from acformer_jax.data.builders import AcformerDemo
-  root = tmp_path_factory.mktemp("demo")
-  AcformerDemo(config="qa_tiny", data_dir=str(root / "tfds")).download_and_prepare()
-  return root / "tfds", demo_tokenizer.build(root / "tokenizer")
 
 
 def _final(workdir, config):
