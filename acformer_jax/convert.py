@@ -54,15 +54,6 @@ def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def parse_mesh(text: str):
-  """``"1,-1,1"`` -> ``(1, -1, 1)`` (data, fsdp, tensor); a bad value is a usage error."""
-  from acformer_jax import sharding  # pylint: disable=import-outside-toplevel
-  try:
-    return sharding.parse_mesh_shape(text)
-  except ValueError as e:
-    raise app.UsageError(f"--mesh: {e}") from None
-
-
 def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -83,7 +74,7 @@ def main(argv) -> int:
   try:
     report = pipeline.convert(
         _FORMAT.value, _INPUT.value, _OUTPUT.value, vision=_VISION.value, llm=_LLM.value,
-        mesh=sharding.make_mesh(parse_mesh(_MESH.value)), param_dtype=_PARAM_DTYPE.value,
+        mesh=sharding.make_mesh(sharding.parse_mesh_flag(_MESH.value)), param_dtype=_PARAM_DTYPE.value,
         connector=connector, select_layer=_SELECT_LAYER.value, seed=_SEED.value,
         skip_check=_SKIP_CHECK.value, tolerance=_TOL.value, overwrite=_OVERWRITE.value,
         tokenizer=_TOKENIZER.value, progress=_PROGRESS.value and info.process_index == 0)

@@ -34,14 +34,6 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "tqdm progress bar (process 0)."
 distributed.define_flags()
 
 
-def parse_mesh(text: str):
-  from acformer_jax import sharding  # pylint: disable=import-outside-toplevel
-  try:
-    return sharding.parse_mesh_shape(text)
-  except ValueError as e:
-    raise app.UsageError(f"--mesh: {e}") from None
-
-
 def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -57,7 +49,7 @@ def main(argv) -> int:
   try:
     out = exporting.export(
         _CHECKPOINT.value, _FORMAT.value, _OUTPUT.value,
-        mesh=sharding.make_mesh(parse_mesh(_MESH.value)), layout=_LAYOUT.value,
+        mesh=sharding.make_mesh(sharding.parse_mesh_flag(_MESH.value)), layout=_LAYOUT.value,
         dtype=_DTYPE.value, max_shard_size=_SHARD.value, overwrite=_OVERWRITE.value,
         progress=_PROGRESS.value and info.process_index == 0)
   except (ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError) as e:

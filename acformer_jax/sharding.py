@@ -82,6 +82,15 @@ def parse_mesh_shape(text: str) -> Tuple[int, int, int]:
   return shape
 
 
+def parse_mesh_flag(text: str, flag: str = "--mesh") -> Tuple[int, int, int]:
+  """:func:`parse_mesh_shape` for a command-line flag: a bad value is an absl usage error."""
+  from absl import app  # pylint: disable=import-outside-toplevel
+  try:
+    return parse_mesh_shape(text)
+  except ValueError as e:
+    raise app.UsageError(f"{flag}: {e}") from None
+
+
 def make_mesh(shape: Sequence[int], devices=None, axis_names=MESH_AXES) -> Mesh:
   """A ``(data, fsdp, tensor)`` mesh; one entry of ``shape`` may be -1 ("the rest").
 

@@ -22,7 +22,7 @@ towers and the trained connector (stage 1, AdamW). Scaled: widths (LLM 512, ViT 
 depths (LLM 12, ViT 2 computed blocks, resampler 1 block) and vocabulary (1536), so one
 ``mlp2x_gelu`` step is ~110 GFLOP (about 1-2 s on the 2-core CPU). The ViT has 4 heads,
 so an AcFormer budget K takes K/4 anchors per head (same token counts as 16 heads).
-Float32 (bf16 is unusable on this CPU, ``environment.md`` 4), no remat, unrolled layers.
+Float32 (bf16 is unusable on this CPU, ``environment.md`` 4), no remat, layers under one scan.
 """
 from acformer_jax.trainer import experiment
 

@@ -12,6 +12,7 @@ def get_config(connector: str = "acformer144"):
   experiment.set_model(c, llm=experiment.vicuna("13b"), vision=experiment.clip_vit_l336(),
                        connector=connector)
   experiment.stage1(c)
+  c.data.max_length = experiment.caption_max_length(c)  # 768 (576 tokens), 384 (145), 512 (257)
   c.mesh.shape = (1, -1, 1)
   c.model.remat_policy = "minimal"
   c.checkpoint.every = 500

@@ -7,6 +7,7 @@
 #   launch/demo.sh [WORKDIR]          (default: runs/demo; re-running resumes)
 # Extra settings via env: DEMO_STAGE1_ARGS / DEMO_STAGE2_ARGS (extra train flags).
 set -euo pipefail
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then sed -n 2,7p "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
 W=${1:-runs/demo}

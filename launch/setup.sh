@@ -3,6 +3,7 @@
 # offline assets (the LLaMA SentencePiece tokenizer rebuilt from a pinned package).
 # Re-running is cheap: it reinstalls only when requirements.txt changed.
 set -euo pipefail
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then sed -n 2,4p "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 

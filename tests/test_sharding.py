@@ -75,7 +75,7 @@ def test_llama_sharded_init_forward_and_cache():
   # The KV cache shards by its own logical axes and decoding runs sharded.
   cache_sh = sharding.logical_to_sharding(cache_logical_spec(), mesh)
   cache = jax.device_put(init_cache(LLM, 4, 8), cache_sh)
-  assert cache["k"].sharding.spec == P(None, ("data", "fsdp"), None, "tensor", None)
+  assert cache["k"].sharding.spec == P(None, ("data", "fsdp"), "tensor", None, None)  # heads before slots
   step = lambda v, c: model.apply(v, embeds, positions, jnp.ones((4, 8), bool), c, 0)
   logits, cache = _run(mesh, step, variables, cache)
   np.testing.assert_allclose(np.asarray(logits), np.asarray(ref), atol=1e-5)

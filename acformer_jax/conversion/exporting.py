@@ -31,7 +31,8 @@ from acformer_jax.conversion import writer as writer_lib
 from acformer_jax.conversion.sources import SafetensorsFile
 from acformer_jax.conversion.keymaps import (KeyMap, clip_vision_keymap, flatten_paths,
                                              unflatten_paths)
-from acformer_jax.conversion.pipeline import CONVERSION_FILE, EXTRAS_FILE, _barrier, target_tree
+from acformer_jax.conversion.pipeline import (CONVERSION_FILE, EXTRAS_FILE, _barrier,
+                                              commit_directory, target_tree)
 from acformer_jax.inference import loading as inf_loading
 
 log = logging.getLogger("acformer_jax.export")
@@ -214,11 +215,7 @@ def export(checkpoint, fmt: str, output, *, mesh=None, layout: Optional[str] = N
     if host0:
       (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
       _copy_tokenizer(checkpoint, tmp)
-      old = output.parent / f".{output.name}.old"
-      if output.exists():
-        output.rename(old)
-      tmp.rename(output)
-      shutil.rmtree(old, ignore_errors=True)
+      commit_directory(tmp, output, overwrite=True)  # (checked before any work)
     _barrier("export:done")
   except BaseException:
     if host0:

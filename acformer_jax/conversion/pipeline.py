@@ -60,15 +60,8 @@ def _abstract(cfg: config_lib.ModelConfig) -> Any:
 
 def target_tree(cfg: config_lib.ModelConfig, mesh) -> Any:
   """Unboxed abstract params of ``MultimodalLM(cfg)`` carrying their NamedShardings
-  (the ``inference.loading.restore_target`` of that config, traced once per config)."""
-  boxed = _abstract(cfg)
-  if mesh is None:
-    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    shardings = jax.tree.map(lambda _: dev, nn.unbox(boxed))
-  else:
-    shardings = sharding_lib.logical_to_sharding(nn.get_partition_spec(boxed), mesh)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      nn.unbox(boxed), shardings)
+  (``inference.loading.restore_target``, with the abstract tree traced once per config)."""
+  return inf_loading.sharded_abstract(_abstract(cfg), mesh)
 
 
 def validate(plan: plan_lib.Plan, targets: Mapping[str, Any]) -> None:
@@ -201,6 +194,19 @@ def temp_dir_for(output: pathlib.Path) -> pathlib.Path:
   return output.parent / f".{output.name}.partial"
 
 
+def commit_directory(tmp: pathlib.Path, output: pathlib.Path, overwrite: bool) -> None:
+  """Renames the finished ``tmp`` into ``output`` (host 0). An existing ``output`` is
+  moved aside first and removed only after the rename, so a crash never leaves a
+  half-written directory under the final name."""
+  old = output.parent / f".{output.name}.old"
+  if output.exists():
+    if not overwrite:
+      raise FileExistsError(f"{output} exists (pass --overwrite to replace it)")
+    output.rename(old)
+  tmp.rename(output)
+  shutil.rmtree(old, ignore_errors=True)
+
+
 def write_checkpoint(output, cfg: config_lib.ModelConfig, params: Any, plan: plan_lib.Plan,
                      overwrite: bool = False, report: Optional[dict] = None) -> pathlib.Path:
   """Writes the checkpoint under a temporary name and renames it into place."""
@@ -224,13 +230,7 @@ def write_checkpoint(output, cfg: config_lib.ModelConfig, params: Any, plan: pla
       (tmp / CONVERSION_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
     _barrier("convert:written")
     if host0:
-      old = output.parent / f".{output.name}.old"
-      if output.exists():
-        if not overwrite:
-          raise FileExistsError(f"{output} exists (pass --overwrite to replace it)")
-        output.rename(old)
-      tmp.rename(output)
-      shutil.rmtree(old, ignore_errors=True)
+      commit_directory(tmp, output, overwrite)
     _barrier("convert:renamed")
   except BaseException:
     if host0:

@@ -80,7 +80,12 @@ def abstract_params(model: MultimodalLM) -> Any:
 
 def restore_target(model: MultimodalLM, mesh=None) -> Any:
   """Unboxed abstract params carrying their target shardings (mesh or one device)."""
-  boxed = abstract_params(model)
+  return sharded_abstract(abstract_params(model), mesh)
+
+
+def sharded_abstract(boxed: Any, mesh=None) -> Any:
+  """Boxed abstract params -> unboxed ``ShapeDtypeStruct`` s with their NamedShardings on
+  ``mesh`` (from the logical axes), or all on the first device without a mesh."""
   if mesh is None:
     dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shardings = jax.tree.map(lambda _: dev, nn.unbox(boxed))

@@ -25,9 +25,8 @@ from typing import Any, Dict, Optional
 import jax
 import ml_collections
 
-from acformer_jax.evals import io as eio
-from acformer_jax.evals import prompts, registry, runner
-
+# The evaluation stack (tqdm, PIL, the scorers) is imported only when an evaluation runs:
+# configs import this module for its defaults, also where only the train step is compiled.
 logger = logging.getLogger("acformer_jax.trainer.evaluation")
 
 
@@ -63,6 +62,7 @@ def prepare(eval_config, workdir: pathlib.Path, image_size: int) -> Optional[Eva
   missing file or field before any training step."""
   if eval_config is None or not eval_config.get("benchmark"):
     return None
+  from acformer_jax.evals import io as eio, prompts, registry, runner  # pylint: disable=import-outside-toplevel
   e = eval_config
   bench = registry.get(e.benchmark)
   questions, images, data = e.get("questions"), e.get("images"), e.get("data")
@@ -93,6 +93,7 @@ def run(task: EvalTask, *, model, mc, params, mesh, tokenizer, step: int,
         workdir: pathlib.Path) -> Dict[str, Any]:
   """Answers and scores ``task`` with ``params`` at ``step``; returns the metrics (scored on
   process 0; empty elsewhere) and the answer file's path."""
+  from acformer_jax.evals import io as eio, registry, runner  # pylint: disable=import-outside-toplevel
   from acformer_jax.inference import loading, pipeline  # pylint: disable=import-outside-toplevel
   loaded = loading.LoadedModel(mc, model, params, tokenizer, pathlib.Path(workdir))
   gen = pipeline.Generator(loaded, batch_size=task.batch_size, mesh=mesh)

@@ -116,6 +116,16 @@ def stage1(c: ml_collections.ConfigDict) -> None:
   c.data.group_by_length = False
 
 
+def caption_max_length(c: ml_collections.ConfigDict, text_tokens: int = 128) -> int:
+  """``data.max_length`` for stage-1 captions: the connector's visual tokens + BOS +
+  ``text_tokens``, rounded up to a multiple of 128. LCS-558K's BLIP captions (a sentence)
+  fit in 128 tokens; longer ones are truncated and counted (``data/truncated``). Padding
+  every row to LLaVA's 2048 would spend most of a stage-1 step on pad tokens, and would hide
+  the speed-up of fewer visual tokens (``acformer.md`` 1.7)."""
+  nv = config_lib.num_visual_tokens(config_lib.model_config_from_dict(c.model))
+  return -(-(nv + 1 + text_tokens) // 128) * 128
+
+
 def stage2(c: ml_collections.ConfigDict) -> None:
   """LLaVA-1.5 instruction tuning (spec 2.2): connector + LLM, lr 2e-5, batch 128,
   ``vicuna_v1``, padded images, modality-length grouping."""

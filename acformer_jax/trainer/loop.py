@@ -247,6 +247,9 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
       bar.close()
     writer.flush()
 
+  if status == "completed" and eval_task is not None and last_eval is None:
+    last_eval = run_eval(int(jax.device_get(state.step)))  # a re-run of a finished job
+    writer.flush()
   export_dir = None
   if status == "completed" and bool(config.checkpoint.export):
     export_dir = ckpt_lib.export_for_inference(

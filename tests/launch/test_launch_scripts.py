@@ -304,3 +304,17 @@ def test_docs_list_the_recommended_flags():
       assert flag in doc, (gen, flag)
   for flag in common("gpu_xla_flags").split():
     assert flag in doc, flag
+
+
+ALL_SCRIPTS = sorted(p.relative_to(ROOT) for d in ("launch", "benchmarks") for p in (ROOT / d).glob("*.sh")
+                     if not p.name.startswith("_"))
+
+
+@pytest.mark.parametrize("script", ALL_SCRIPTS, ids=str)
+def test_every_script_answers_help_without_doing_work(script, tmp_path):
+  """`--help` prints the usage and exits 0 before any set-up or training starts."""
+  p = subprocess.run(["bash", str(ROOT / script), "--help"], cwd=tmp_path, capture_output=True,
+                     text=True, timeout=30, env=ENV)
+  assert p.returncode == 0, p.stderr
+  assert len(p.stdout.strip().splitlines()) >= 1 and "offline_tokenizer" not in p.stdout + p.stderr
+  assert not any(tmp_path.iterdir())

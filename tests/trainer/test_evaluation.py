@@ -34,7 +34,8 @@ def _cli(*args):
 
 def test_reported_accuracy_is_reproduced_by_evaluate_run_and_score(demo, tmp_path):
   work = tmp_path / "run"
-  summary = loop.run(_config(demo, steps=4, every=2), work)
+  config = _config(demo, steps=4, every=2)
+  summary = loop.run(config, work)
   assert summary["status"] == "completed"
   ev = summary["eval"]
   assert ev["benchmark"] == "demo" and ev["step"] == 4
@@ -47,6 +48,9 @@ def test_reported_accuracy_is_reproduced_by_evaluate_run_and_score(demo, tmp_pat
   logged = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in logged if "eval/accuracy" in r] == [2, 4]
   assert json.loads((work / "summary.json").read_text())["eval"]["metrics"]["accuracy"] == reported
+  # Re-running the finished job (e.g. a re-submitted launch script) reports it again.
+  again = loop.run(config, work)
+  assert again["eval"]["step"] == 4 and again["eval"]["metrics"] == ev["metrics"]
 
   # The same questions through the CLI on the exported checkpoint (one device, not the
   # training mesh): the same answers, so the same accuracy.
