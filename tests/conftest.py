@@ -31,5 +31,5 @@ try:
 except ImportError:  # pragma: no cover
   pass
 
-SHARED = ROOT.parent / "shared"
+from tests.paths import SHARED  # noqa: E402,F401  (ACFORMER_SHARED_DIR or ../shared)
 ASSETS = ROOT / ".assets"

@@ -9,14 +9,15 @@ import sys
 import pytest
 
 from acformer_jax.evals import registry
+from tests import paths
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-FIX = ROOT.parent / "shared" / "eval_fixtures"
+FIX = paths.EVAL_FIXTURES
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _fixtures_present():
-  assert (FIX / "README.md").is_file(), f"eval fixtures missing at {FIX}"
+  assert (FIX / "README.md").is_file(), paths.missing_fixtures_message()
 
 
 def _score(name, answers, data, **kw):
