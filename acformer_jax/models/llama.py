@@ -26,7 +26,7 @@ from acformer_jax.config import LLMConfig
 from acformer_jax.models.layers import (DEFAULT_KERNEL_INIT, DType, RMSNorm, constrain, dense,
                                         partitioned, stacked, to_dtype)
 
-Cache = dict  # {"k": [layers, B, S_max, kv_heads, head_dim], "v": same}
+Cache = dict  # {"k": [layers, B, kv_heads, S_max, head_dim], "v": same}
 CACHE_AXES = ("layers", "cache_batch", "cache_kv_heads", "cache_length", "cache_head_dim")
 _ACT = ("activation_batch", "activation_length", "activation_embed")
 
@@ -91,7 +91,7 @@ class LlamaAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x, cos, sin, mask, cache_index, cache, layer):
-    """``cache``: the stacked ``[layers, B, S_max, kv_heads, head_dim]`` cache (or None);
+    """``cache``: the stacked ``[layers, B, kv_heads, S_max, head_dim]`` cache (or None);
     ``layer``: this layer's index in it. Returns ``(out, updated cache)``."""
     cfg = self.config
     h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
