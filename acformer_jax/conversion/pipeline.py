@@ -39,7 +39,6 @@ from acformer_jax.models.mllm import MultimodalLM
 log = logging.getLogger("acformer_jax.convert")
 CONVERSION_FILE = "conversion.json"
 EXTRAS_FILE = "extras.safetensors"
-CHUNK_BYTES = 64 << 20
 TOKENIZER_COPY = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
                   "special_tokens_map.json", "added_tokens.json")  # what inference.loading reads
 
@@ -156,27 +155,6 @@ def _barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def save_params(path: pathlib.Path, params: Any, chunk_bytes: int = CHUNK_BYTES) -> None:
-  """The Orbax params item of ``inference.loading`` (restored by its StandardCheckpointer
-  and by the trainer's partial restore), written without OCDBT in ``chunk_bytes`` chunks.
-
-  OCDBT buffers the compressed data of the whole save in memory until it commits
-  (about 0.75x of the params for random bf16); per-array zarr chunks are written as
-  they are compressed, so saving adds no memory peak (jax_practices.md 9.1).
-  """
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  save_args = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=chunk_bytes), params)
-  ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=False))
-  absl_log = logging.getLogger("absl")
-  level = absl_log.level
-  absl_log.setLevel(logging.ERROR)  # Orbax warns that there is no OCDBT data to merge
-  try:
-    ckptr.save(pathlib.Path(path).absolute(),
-               args=ocp.args.PyTreeSave(params, save_args=save_args))
-  finally:
-    absl_log.setLevel(level)
-
-
 def copy_tokenizer(src: Optional[pathlib.Path], dst: pathlib.Path) -> None:
   """Copies the tokenizer files ``inference.loading`` reads (none if ``src`` is None)."""
   if src is None:
@@ -218,7 +196,7 @@ def write_checkpoint(output, cfg: config_lib.ModelConfig, params: Any, plan: pla
     shutil.rmtree(tmp)
   _barrier("convert:clean")
   try:
-    save_params(tmp / inf_loading.PARAMS_DIR, params)
+    inf_loading.save_params(tmp / inf_loading.PARAMS_DIR, params)
     if host0:
       (tmp / inf_loading.CONFIG_FILE).write_text(
           json.dumps(config_lib.model_config_to_dict(cfg), indent=2) + "\n")
