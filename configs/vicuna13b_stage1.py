@@ -8,12 +8,4 @@ from acformer_jax.trainer import experiment
 
 
 def get_config(connector: str = "acformer144"):
-  c = experiment.base_config()
-  experiment.set_model(c, llm=experiment.vicuna("13b"), vision=experiment.clip_vit_l336(),
-                       connector=connector)
-  experiment.stage1(c)
-  c.data.max_length = experiment.caption_max_length(c)  # 768 (576 tokens), 384 (145), 512 (257)
-  c.mesh.shape = (1, -1, 1)
-  c.model.remat_policy = "minimal"
-  c.checkpoint.every = 500
-  return c
+  return experiment.vicuna_llava15("13b", 1, connector, remat_policy="minimal")

@@ -17,11 +17,4 @@ from acformer_jax.trainer import experiment
 
 
 def get_config(connector: str = "acformer144"):
-  c = experiment.base_config()
-  experiment.set_model(c, llm=experiment.vicuna("7b"), vision=experiment.clip_vit_l336(),
-                       connector=connector)
-  experiment.stage2(c)
-  c.mesh.shape = (1, -1, 1)
-  c.model.remat_policy = "minimal"
-  c.checkpoint.every = 500
-  return c
+  return experiment.vicuna_llava15("7b", 2, connector, remat_policy="minimal")

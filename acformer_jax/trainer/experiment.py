@@ -140,6 +140,26 @@ def stage2(c: ml_collections.ConfigDict) -> None:
   c.data.group_by_length = True
 
 
+def vicuna_llava15(size: str, stage: int, connector: str,
+                   remat_policy: str = "minimal") -> ml_collections.ConfigDict:
+  """Vicuna-``size`` v1.5 + CLIP ViT-L/14-336 with a :data:`CONNECTOR_PRESETS` connector,
+  LLaVA-1.5 stage ``stage`` (spec 2.1-2.2): FSDP over every chip (mesh ``(1, -1, 1)``),
+  stage-1 rows padded to :func:`caption_max_length`, a checkpoint every 500 steps."""
+  c = base_config()
+  set_model(c, llm=vicuna(size), vision=clip_vit_l336(), connector=connector)
+  if stage == 1:
+    stage1(c)
+    c.data.max_length = caption_max_length(c)  # 768 (576 tokens), 384 (145), 512 (257)
+  elif stage == 2:
+    stage2(c)
+  else:
+    raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+  c.mesh.shape = (1, -1, 1)
+  c.model.remat_policy = remat_policy
+  c.checkpoint.every = 500
+  return c
+
+
 def vicuna(size: str) -> config_lib.LLMConfig:
   """Vicuna v1.5 7B / 13B (spec 3.1)."""
   if size == "7b":
