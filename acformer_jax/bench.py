@@ -47,9 +47,7 @@ DEFAULT_XLA_FLAGS = {"torch": CPU_XLA_FLAGS, "speed": "", "mfu": ""}
 def apply_xla_flags(flags: str) -> str:
   """Appends ``flags`` to ``XLA_FLAGS`` before JAX starts its backend; returns the flags
   in effect (unchanged, with a warning, when the backend is already running)."""
-  jax_mod = sys.modules.get("jax")
-  started = jax_mod is not None and bool(getattr(
-      sys.modules.get("jax._src.xla_bridge"), "_backends", None))
+  started = bool(getattr(sys.modules.get("jax._src.xla_bridge"), "_backends", None))
   if flags and started:
     print(f"note: JAX is already running; --xla-flags {flags!r} not applied", file=sys.stderr)
   elif flags:

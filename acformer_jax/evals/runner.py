@@ -138,15 +138,14 @@ def answer_batches(reqs: Sequence[prompts.Request], *, generate_fn: GenerateFn,
            for r, text in zip(batch, texts)]
 
 
-def answer_all(benchmark: str, questions: Sequence[dict], *, generate_fn: GenerateFn,
-               images_dir=None, model_id: str = "acformer", batch_size: int = 1,
-               progress: bool = False, lang: str = "en") -> list[dict]:
-  """All answers in question order, in memory (no files, no resuming): for callers that
-  run every question on every process, e.g. the evaluation inside a training job."""
-  reqs = [prompts.build_request(benchmark, q, lang=lang) for q in questions]
-  check_images(reqs, images_dir)
+def answer_all(reqs: Sequence[prompts.Request], *, generate_fn: GenerateFn, images_dir=None,
+               model_id: str = "acformer", batch_size: int = 1, progress: bool = False,
+               desc: str = "") -> list[dict]:
+  """All answers of `reqs` (built by `prompts.build_request`, images checked by
+  `check_images`) in order, in memory (no files, no resuming): for callers that run every
+  question on every process, e.g. the evaluation inside a training job."""
   out = []
-  with tqdm(total=len(reqs), disable=not progress, desc=benchmark, unit="q") as bar:
+  with tqdm(total=len(reqs), disable=not progress, desc=desc, unit="q") as bar:
     for records in answer_batches(reqs, generate_fn=generate_fn, images_dir=images_dir,
                                   model_id=model_id, batch_size=batch_size):
       out += records

@@ -38,10 +38,11 @@ def default_config() -> ml_collections.ConfigDict:
 
 @dataclasses.dataclass
 class EvalTask:
-  """A validated ``config.eval``: the questions are read once, before training starts."""
+  """A validated ``config.eval``: the questions are read, turned into prompts and their
+  images checked once, before training starts."""
   benchmark: str
   questions_path: pathlib.Path
-  questions: list
+  requests: list  # prompts.Request, in question order
   images: Optional[pathlib.Path]
   data: pathlib.Path
   every: int
@@ -84,7 +85,7 @@ def prepare(eval_config, workdir: pathlib.Path, image_size: int) -> Optional[Eva
   qs = registry.read_questions(bench.name, questions)
   reqs = [prompts.build_request(bench.name, q) for q in qs]
   runner.check_images(reqs, images or None)
-  return EvalTask(bench.name, pathlib.Path(questions), qs,
+  return EvalTask(bench.name, pathlib.Path(questions), reqs,
                   pathlib.Path(images) if images else None, pathlib.Path(data),
                   int(e.every), int(e.batch_size))
 
@@ -97,10 +98,10 @@ def run(task: EvalTask, *, model, mc, params, mesh, tokenizer, step: int,
   from acformer_jax.inference import loading, pipeline  # pylint: disable=import-outside-toplevel
   loaded = loading.LoadedModel(mc, model, params, tokenizer, pathlib.Path(workdir))
   gen = pipeline.Generator(loaded, batch_size=task.batch_size, mesh=mesh)
-  records = runner.answer_all(task.benchmark, task.questions, generate_fn=gen.generate_fn,
+  records = runner.answer_all(task.requests, generate_fn=gen.generate_fn,
                               images_dir=task.images, model_id=pathlib.Path(workdir).name,
-                              batch_size=task.batch_size,
-                              progress=jax.process_index() == 0)
+                              batch_size=task.batch_size, progress=jax.process_index() == 0,
+                              desc=task.benchmark)
   out = pathlib.Path(workdir) / "eval" / task.benchmark / f"step_{step}"
   answers = out / "answers.jsonl"
   metrics = {}

@@ -199,11 +199,15 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
                   host["grad_norm"], {k: round(v, 4) for k, v in scalars.items() if k.startswith("perf/")})
     return True
 
+  eval_tokenizer = None  # loaded once, at the first evaluation
+
   def run_eval(step: int):
-    from acformer_jax.data.tokenizer import load_tokenizer  # pylint: disable=import-outside-toplevel
+    nonlocal eval_tokenizer
+    if eval_tokenizer is None:
+      from acformer_jax.data.tokenizer import load_tokenizer  # pylint: disable=import-outside-toplevel
+      eval_tokenizer = load_tokenizer(tokenizer_dir(config))
     res = evaluation.run(eval_task, model=b["model"], mc=mc, params=nn.unbox(state.params),
-                         mesh=mesh, tokenizer=load_tokenizer(tokenizer_dir(config)), step=step,
-                         workdir=workdir)
+                         mesh=mesh, tokenizer=eval_tokenizer, step=step, workdir=workdir)
     writer.write_scalars(step, evaluation.scalars(res))
     return res
 
