@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from acformer_jax import batch as batch_lib
 from acformer_jax import sharding as sharding_lib
 from acformer_jax.models.mllm import MultimodalLM
 from acformer_jax.trainer import checkpoint as ckpt_lib
@@ -214,7 +215,7 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
   try:
     for step in range(start, total):
       batch = next(it)
-      state, m = step_fn(state, step_lib.device_batch(batch, mesh))
+      state, m = step_fn(state, batch_lib.to_device(batch, mesh))
       if pending is not None and not handle(*pending):
         status, pending = "nan", None
         break

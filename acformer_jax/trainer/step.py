@@ -2,7 +2,10 @@
 
 One ``jax.jit`` with explicit ``in_shardings`` / ``out_shardings`` and the state donated. It
 contains the whole forward (frozen ViT, ``select_anchors`` via ``lax.top_k`` inside the
-connector, connector, decoder), the masked next-token loss and the AdamW update.
+connector, connector, decoder), the masked next-token loss and the AdamW update. The batch
+is :mod:`acformer_jax.batch` (packed rows: ``segment_ids``, per-segment ``positions`` and
+``image_mask`` go to the model; attention never crosses a segment). The metric ``tokens``
+counts real tokens (``segment_ids > 0``), ``images`` real images, ``samples`` segments.
 
 Loss: ``sum of token cross-entropies / number of supervised tokens of the GLOBAL batch``
 (labels shift by one; ``-100`` ignored). This is the global token mean, not LLaVA's average
@@ -26,22 +29,13 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from acformer_jax import batch as batch_lib
 from acformer_jax import sharding as sharding_lib
 from acformer_jax.trainer import loss as loss_lib
 from acformer_jax.trainer import optim
 from acformer_jax.trainer.state import TrainState
 
 IGNORE_INDEX = loss_lib.IGNORE_INDEX
-BATCH_KEYS = ("images", "input_ids", "labels", "attention_mask")
-
-
-def batch_spec(rules=sharding_lib.LOGICAL_AXIS_RULES) -> PartitionSpec:
-  """Leading-axis batch sharding from the logical name ``activation_batch``."""
-  return sharding_lib.logical_to_mesh_spec(("activation_batch",), rules)
-
-
-def batch_shardings(mesh: Mesh, keys: Sequence[str] = BATCH_KEYS) -> Dict[str, NamedSharding]:
-  return {k: NamedSharding(mesh, batch_spec()) for k in keys}
 
 
 def _microbatches(batch: Mapping[str, jax.Array], n: int) -> Dict[str, jax.Array]:
@@ -49,9 +43,9 @@ def _microbatches(batch: Mapping[str, jax.Array], n: int) -> Dict[str, jax.Array
   def split(x):
     y = x.reshape((x.shape[0] // n, n) + x.shape[1:])
     return jnp.swapaxes(y, 0, 1)
-  out = {k: split(v) for k, v in batch.items()}
-  spec = PartitionSpec(None, *batch_spec())
-  return {k: jax.lax.with_sharding_constraint(v, spec) for k, v in out.items()}
+  specs = batch_lib.partition_specs()
+  return {k: jax.lax.with_sharding_constraint(split(v), PartitionSpec(None, *specs[k]))
+          for k, v in batch.items()}
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: Callable, *,
@@ -68,7 +62,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     raise ValueError(f"train.loss_positions must be >= 0, got {loss_positions}")
 
   def forward_loss(params, mb, key):
-    kw = dict(attention_mask=mb["attention_mask"], rng=key)
+    kw = dict(positions=mb["positions"], segment_ids=mb["segment_ids"],
+              image_mask=mb["image_mask"], rng=key)
     if loss_positions:
       positions, targets, dropped = loss_lib.select_positions(mb["labels"], loss_positions)
       with loss_lib.head_on_positions(positions):
@@ -80,7 +75,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     return s, c, dropped
 
   def step_fn(state: TrainState, batch: Mapping[str, jax.Array]):
-    batch = {k: batch[k] for k in BATCH_KEYS}
+    batch = batch_lib.select(batch)
     train, frozen = optim.split_params(state.params, trainable)
     step_key = jax.random.fold_in(jax.random.key(seed), state.step)
     supervised = jnp.sum(batch["labels"][:, 1:] != IGNORE_INDEX, dtype=jnp.int32)
@@ -121,7 +116,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         "lr": jnp.asarray(schedule(state.step), jnp.float32),
         "supervised_tokens": supervised,
         "dropped_tokens": dropped,
-        "tokens": jnp.sum(batch["attention_mask"], dtype=jnp.int32),
+        "tokens": jnp.sum(batch["segment_ids"] > 0, dtype=jnp.int32),  # real tokens
+        "images": jnp.sum(batch["image_mask"], dtype=jnp.int32),      # real images
+        "samples": jnp.sum(jnp.max(batch["segment_ids"], axis=1), dtype=jnp.int32),
         "token_accuracy": correct.astype(jnp.float32) / denom,
         "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
     }
@@ -141,12 +138,12 @@ def jit_train_step(step_fn: Callable, mesh: Mesh, state_shardings,
   compile counting and AOT lowering).
   """
   replicated = NamedSharding(mesh, PartitionSpec())
-  jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings(mesh)),
+  jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_lib.shardings(mesh, rules)),
                    out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
   def call(state, batch):
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      return jitted(state, {k: batch[k] for k in BATCH_KEYS})
+      return jitted(state, batch_lib.select(batch))
 
   call.jitted = jitted
   call.mesh = mesh
@@ -156,11 +153,4 @@ def jit_train_step(step_fn: Callable, mesh: Mesh, state_shardings,
 def lower(call: Callable, abstract_state, abstract_batch, rules=sharding_lib.LOGICAL_AXIS_RULES):
   """AOT-lowers the jitted step on abstract inputs (compile-only checks, memory analysis)."""
   with jax.set_mesh(call.mesh), nn.logical_axis_rules(rules):
-    return call.jitted.lower(abstract_state, {k: abstract_batch[k] for k in BATCH_KEYS})
-
-
-def device_batch(batch: Mapping, mesh: Mesh) -> Dict[str, jax.Array]:
-  """Per-host numpy batch -> global ``jax.Array``s sharded over the batch axes
-  (``jax.make_array_from_process_local_data``; spec ``jax_practices.md`` item 5)."""
-  shardings = batch_shardings(mesh)
-  return {k: jax.make_array_from_process_local_data(shardings[k], batch[k]) for k in BATCH_KEYS}
+    return call.jitted.lower(abstract_state, batch_lib.select(abstract_batch))

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from acformer_jax import batch as batch_lib
 from acformer_jax import sharding
 from acformer_jax.models.mllm import MultimodalLM
 from acformer_jax.trainer import experiment, optim, state as S, step as ST
@@ -40,7 +41,7 @@ def _run(mesh, trainable, seeds=(1,), **step_kw):
       mesh, shardings)
   metrics = []
   for seed in seeds:
-    state, m = call(state, ST.device_batch(tiny.batch(seed), mesh))
+    state, m = call(state, batch_lib.to_device(tiny.batch(seed), mesh))
     metrics.append(jax.device_get(m))
   return host, jax.device_get(state), metrics, call
 

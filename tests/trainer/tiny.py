@@ -15,8 +15,8 @@ NV = C.num_visual_tokens(MODEL)
 
 
 def batch(seed: int, b: int = 8, text: int = 8, config: C.ModelConfig = MODEL) -> dict:
-  """A random design.md batch: BOS, NV image slots, text; the last 4 text tokens supervised,
-  right padding in odd rows, and one text-only row."""
+  """A random unpacked ``acformer_jax.batch`` batch (one sample per row): BOS, NV image slots,
+  text; the last 4 text tokens supervised, right padding in odd rows, one text-only row."""
   rs = np.random.RandomState(seed)
   v = config.llm.vocab_size
   t = 1 + NV + text
@@ -29,8 +29,9 @@ def batch(seed: int, b: int = 8, text: int = 8, config: C.ModelConfig = MODEL) -
   mask = np.ones((b, t), np.int32)
   mask[1::2, -1] = 0
   s = config.vision.image_size
-  return {"images": rs.randn(b, s, s, 3).astype(np.float32), "input_ids": ids, "labels": labels,
-          "attention_mask": mask, "has_image": np.arange(b) != b - 1}
+  return {"images": rs.randn(b, 1, s, s, 3).astype(np.float32), "input_ids": ids, "labels": labels,
+          "segment_ids": mask, "positions": ((np.cumsum(mask, axis=1) - 1) * mask).astype(np.int32),
+          "image_mask": (np.arange(b) != b - 1)[:, None]}
 
 
 def experiment_config(data_dir, tokenizer_dir, *, steps: int, stage: int = 2, every: int = 3):
