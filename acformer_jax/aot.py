@@ -4,12 +4,13 @@
       [--step_time_s 1.0] [--save_executable /tmp/step.exe] [--json_out report.json] \\
       [--config.train.global_batch_size=256 ...]
 
-Builds the trainer's train step (``trainer/step.py``: the same function, shardings and donation
-the trainer jits) over an abstract sharded state (``jax.eval_shape``; parameters are never
+Builds the trainer's train step with the trainer's own builder (``trainer/builder.py``: the
+same function, shardings and donation the trainer jits) over an abstract sharded state (``jax.eval_shape``; parameters are never
 materialised) on a mesh of libtpu's compile-only devices for the topology, compiles it and
 prints per-chip memory (arguments, temporaries, peak, total) against the chip's HBM, the
-analytic model FLOPs per step (``trainer/flops.py``) and the MFU the step would reach at
-``--step_time_s``. Exit status: 0 fits, 1 does not fit (or compile-time HBM OOM), 2 invalid
+token slots per step, the analytic padded FLOPs per step (``trainer/flops.py``: every token
+and image slot; with packing the real FLOPs are about that times the packing efficiency)
+and the MFU the padded step would reach at ``--step_time_s``. Exit status: 0 fits, 1 does not fit (or compile-time HBM OOM), 2 invalid
 config / flags. ``--topology`` defaults to ``config.recommended_topology``.
 
 Needs libtpu (the ``.venv-tpu`` environment: ``launch/setup_tpu_aot.sh``); see docs/aot.md.
@@ -47,11 +48,14 @@ class AotResult:
   grad_accum: int
   per_chip_batch: float          # rows per chip per microbatch
   seq_len: int
+  images_per_row: int            # image slots per row (data.max_images_per_row when packing)
+  token_slots: int               # rows x seq_len: token slots per step (real tokens = x packing efficiency)
+  packing: bool
   remat_policy: str
   param_count: int
   trainable_count: int
   state_bytes_per_chip: int      # analytic: sharded params + optimizer state on one chip
-  flops: Dict[str, float]        # vit / connector / llm / total (model FLOPs per step)
+  flops: Dict[str, float]        # vit / connector / llm / total: PADDED FLOPs per step (every slot)
 
   def to_dict(self) -> dict:
     d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "report"}
@@ -64,10 +68,12 @@ class AotResult:
     head = (f"{self.topology}{f' x{self.num_slices} slices' if self.num_slices > 1 else ''}: "
             f"mesh {self.mesh}, {self.num_hosts} host(s); global batch {self.global_batch} "
             f"(grad_accum {self.grad_accum}, {self.per_chip_batch:g} rows/chip/microbatch) x "
-            f"{self.seq_len} tokens; remat {self.remat_policy}\n"
+            f"{self.seq_len} tokens = {self.token_slots} token slots"
+            f"{f', packed, {self.images_per_row} image slots/row' if self.packing else ''}; "
+            f"remat {self.remat_policy}\n"
             f"  parameters {num(self.param_count)} ({num(self.trainable_count)} trained); "
             f"train state {gib(self.state_bytes_per_chip)} per chip (analytic)\n"
-            f"  model FLOPs/step: vit {self.flops['vit']:.3e}, connector {self.flops['connector']:.3e}, "
+            f"  padded FLOPs/step (every slot): vit {self.flops['vit']:.3e}, connector {self.flops['connector']:.3e}, "
             f"llm {self.flops['llm']:.3e}")
     return head + "\n" + self.report.format()
 
@@ -86,20 +92,6 @@ def _sharded_bytes(abstract_tree) -> int:
 def _count(tree) -> int:
   import jax  # pylint: disable=import-outside-toplevel
   return int(sum(math.prod(a.shape) for a in jax.tree.leaves(tree)))
-
-
-def abstract_batch(mc, mesh, global_batch: int, seq_len: int) -> Dict[str, Any]:
-  """Sharded ShapeDtypeStructs of one global batch (design.md "Batches")."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from acformer_jax.trainer import step as step_lib  # pylint: disable=import-outside-toplevel
-  sh = step_lib.batch_shardings(mesh)
-  s = mc.vision.image_size
-  shapes = {"images": ((global_batch, s, s, 3), jnp.float32),
-            "input_ids": ((global_batch, seq_len), jnp.int32),
-            "labels": ((global_batch, seq_len), jnp.int32),
-            "attention_mask": ((global_batch, seq_len), jnp.int32)}
-  return {k: jax.ShapeDtypeStruct(shape, dt, sharding=sh[k]) for k, (shape, dt) in shapes.items()}
 
 
 def resolve_target(config, topology: str, num_slices: Optional[int] = None):
@@ -129,10 +121,7 @@ def topology_mesh(config, topology: str, num_slices: Optional[int] = None):
   from acformer_jax import aot_lib, sharding as sharding_lib  # pylint: disable=import-outside-toplevel
   topo, slices = resolve_target(config, topology, num_slices)
   devices = aot_lib.topology_devices(topo.name, slices)
-  if slices > 1:
-    mesh = sharding_lib.make_hybrid_mesh(config.mesh.shape, config.mesh.dcn_shape, devices=devices)
-  else:
-    mesh = aot_lib.build_mesh(devices, tuple(config.mesh.shape))
+  mesh = sharding_lib.mesh_from_config(config, devices=devices)
   hosts = len({(getattr(d, "slice_index", 0), getattr(d, "process_index", 0)) for d in devices})
   return mesh, topo, slices, hosts
 
@@ -146,53 +135,37 @@ def compile_for_topology(config, topology: str, *, num_slices: Optional[int] = N
   """
   import jax  # pylint: disable=import-outside-toplevel
   from acformer_jax import aot_lib  # pylint: disable=import-outside-toplevel
-  from acformer_jax.models.mllm import MultimodalLM  # pylint: disable=import-outside-toplevel
-  from acformer_jax.trainer import flops as flops_lib, loop, optim  # pylint: disable=import-outside-toplevel
-  from acformer_jax.trainer import state as state_lib, step as step_lib  # pylint: disable=import-outside-toplevel
-  from acformer_jax.trainer.validate import validate  # pylint: disable=import-outside-toplevel
+  from acformer_jax.trainer import builder, optim  # pylint: disable=import-outside-toplevel
+  from acformer_jax.trainer import state as state_lib  # pylint: disable=import-outside-toplevel
 
   jax.config.update("jax_threefry_partitionable", True)  # as acformer_jax.train does
   mesh, topo, slices, hosts = topology_mesh(config, topology, num_slices)
-  # The same construction as trainer/loop.build, for the topology's devices and hosts. No
-  # parameters are read, so the init sources (checkpoint paths) are not required here.
-  config = copy.deepcopy(config)
-  config.init.allow_random = True
-  mc = validate(config, num_devices=mesh.size, process_count=hosts)
-  t = config.train
-  model = MultimodalLM(mc)
-  tx, schedule = optim.make_optimizer(t.optimizer, int(t.steps))
-  trainable = tuple(t.trainable)
-  state_fn = state_lib.make_state_fn(model, mc, tx, trainable)
-  abstract, shardings = state_lib.abstract_state(state_fn, mesh)
-  call = step_lib.jit_train_step(
-      step_lib.make_train_step(model, tx, schedule, trainable=trainable,
-                               grad_accum=int(t.grad_accum_steps), seed=int(t.seed),
-                               loss_positions=int(t.loss_positions)),
-      mesh, shardings)
-  gb, seq = int(t.global_batch_size), int(config.data.max_length)
-  batch = abstract_batch(mc, mesh, gb, seq)
-
-  # The trainer's start-up checks and FLOP count (trainer/loop.py).
-  state_lib.assert_sufficiently_sharded(abstract.params, shardings.params, mesh,
+  # The trainer's own builder on the topology's devices and hosts. No parameters are read,
+  # so the init sources (checkpoint paths) are not required here.
+  ex = builder.build_experiment(config, mesh, process_count=hosts, random_init_ok=True)
+  t = ex.config.train
+  state_lib.assert_sufficiently_sharded(ex.abstract_state.params, ex.state_shardings.params, mesh,
                                         float(t.sharding_tolerance))
-  train_params, _ = optim.split_params(abstract.params, trainable)
-  f = flops_lib.train_step_flops(mc, gb, seq, llm_trainable=loop.llm_trains(abstract.params, trainable),
-                                 head_positions=int(t.loss_positions))
+  train_params, _ = optim.split_params(ex.abstract_state.params, ex.trainable)
+  f = ex.padded_flops
 
-  class _Lowerable:  # compile_report calls .lower(...); the trainer's lower() adds mesh + rules
-    lower = staticmethod(lambda s, b: step_lib.lower(call, s, b))
+  class _Lowerable:  # compile_report calls .lower(state, batch)
+    lower = staticmethod(ex.lower)
 
-  report = aot_lib.compile_report(_Lowerable(), (abstract, batch), chip=topo.chip,
+  report = aot_lib.compile_report(_Lowerable(), (ex.abstract_batch(),), chip=topo.chip,
                                   num_chips=topo.num_chips, target=topo.name + (
                                       f"x{slices}" if slices > 1 else ""),
                                   flops_per_step=f.total, step_time_s=step_time_s)
   batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
   accum = int(t.grad_accum_steps)
+  bs = ex.batch_shape
   return AotResult(
       report=report, topology=topo.name, num_slices=slices, mesh=dict(mesh.shape), num_hosts=hosts,
-      global_batch=gb, grad_accum=accum, per_chip_batch=gb / accum / batch_devices, seq_len=seq,
-      remat_policy=mc.remat_policy, param_count=_count(abstract.params),
-      trainable_count=_count(train_params), state_bytes_per_chip=_sharded_bytes(abstract),
+      global_batch=bs.rows, grad_accum=accum, per_chip_batch=bs.rows / accum / batch_devices,
+      seq_len=bs.length, images_per_row=bs.images_per_row, token_slots=bs.rows * bs.length,
+      packing=bool(ex.config.data.get("packing", False)), remat_policy=ex.mc.remat_policy,
+      param_count=_count(ex.abstract_state.params), trainable_count=_count(train_params),
+      state_bytes_per_chip=_sharded_bytes(ex.abstract_state),
       flops={"vit": f.vit, "connector": f.connector, "llm": f.llm, "total": f.total})
 
 

@@ -160,39 +160,19 @@ def topology_devices(name: str, num_slices: int = 1) -> list:
   return devices
 
 
-def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> Tuple[int, ...]:
-  """Fills in at most one -1 entry so the product equals ``num_devices``."""
-  shape = list(mesh_shape)
-  if shape.count(-1) > 1 or any(s < 1 and s != -1 for s in shape):
-    raise ValueError(f"mesh shape {tuple(mesh_shape)}: entries must be >= 1, with at most one -1")
-  known = int(np.prod([s for s in shape if s != -1]))
-  if -1 in shape:
-    if num_devices % known:
-      raise ValueError(f"mesh shape {tuple(mesh_shape)}: {num_devices} devices not divisible by {known}")
-    shape[shape.index(-1)] = num_devices // known
-  if int(np.prod(shape)) != num_devices:
-    raise ValueError(f"mesh shape {tuple(shape)} needs {int(np.prod(shape))} devices, "
-                     f"the topology has {num_devices}")
-  return tuple(shape)
-
-
 def build_mesh(devices: Sequence[Any], mesh_shape: Sequence[int], num_slices: int = 1,
                axis_names: Sequence[str] = MESH_AXES):
-  """Topology-aware ``(data, fsdp, tensor)`` mesh; with several slices ``data`` spans DCN."""
-  import jax
-  from jax.experimental import mesh_utils
-  from jax.sharding import Mesh
-  shape = resolve_mesh_shape(mesh_shape, len(devices))
-  if num_slices > 1:
-    if shape[0] % num_slices:
-      raise ValueError(f"mesh shape {shape}: the data axis ({shape[0]}) must be a multiple of "
-                       f"num_slices={num_slices} so only data parallelism crosses slices")
-    ici = (shape[0] // num_slices,) + shape[1:]
-    dcn = (num_slices,) + (1,) * (len(shape) - 1)
-    arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices)
-  else:
-    arr = mesh_utils.create_device_mesh(shape, devices=devices, allow_split_physical_axes=True)
-  return Mesh(arr, tuple(axis_names), axis_types=(jax.sharding.AxisType.Auto,) * len(axis_names))
+  """``sharding.make_mesh`` on ``devices``; with several slices only ``data`` spans DCN."""
+  from acformer_jax import sharding  # pylint: disable=import-outside-toplevel
+  if num_slices <= 1:
+    return sharding.make_mesh(mesh_shape, devices=devices, axis_names=axis_names)
+  ici, _ = sharding.resolve_mesh_shape(mesh_shape, (1,) * len(mesh_shape), len(devices))
+  if ici[0] % num_slices:
+    raise ValueError(f"mesh shape {ici}: the data axis ({ici[0]}) must be a multiple of "
+                     f"num_slices={num_slices} so only data parallelism crosses slices")
+  dcn = (num_slices,) + (1,) * (len(ici) - 1)
+  return sharding.make_mesh((ici[0] // num_slices,) + tuple(ici[1:]), dcn, devices=devices,
+                            axis_names=axis_names)
 
 
 def get_topology_mesh(name: str, mesh_shape: Sequence[int], num_slices: int = 1,

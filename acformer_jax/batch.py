@@ -97,6 +97,17 @@ def empty(shape: BatchShape) -> Dict[str, np.ndarray]:
   return out
 
 
+def unpacked(images: np.ndarray, input_ids: np.ndarray, labels: np.ndarray,
+             image_mask: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+  """One full-length sample per row (no padding): ``images`` ``[B, S, S, 3]`` -> the spec."""
+  b, t = input_ids.shape
+  mask = np.ones((b, 1), bool) if image_mask is None else np.asarray(image_mask, bool).reshape(b, 1)
+  return {"images": np.asarray(images, np.float32)[:, None], "image_mask": mask,
+          "input_ids": np.asarray(input_ids, np.int32), "labels": np.asarray(labels, np.int32),
+          "segment_ids": np.ones((b, t), np.int32),
+          "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()}
+
+
 def check(batch: Mapping[str, Any], shape: Optional[BatchShape] = None) -> BatchShape:
   """Validates keys, dtypes and mutually consistent shapes; returns the batch's shape.
 

@@ -8,7 +8,7 @@ Spec: ``jax_practices.md``, "What acformer_jax should adopt", items 1-3.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -91,57 +91,71 @@ def parse_mesh_flag(text: str, flag: str = "--mesh") -> Tuple[int, int, int]:
     raise app.UsageError(f"{flag}: {e}") from None
 
 
-def make_mesh(shape: Sequence[int], devices=None, axis_names=MESH_AXES) -> Mesh:
-  """A ``(data, fsdp, tensor)`` mesh; one entry of ``shape`` may be -1 ("the rest").
+def resolve_mesh_shape(shape: Sequence[int], dcn_shape: Sequence[int] = (1, 1, 1),
+                       num_devices: Optional[int] = None) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+  """``(ici, dcn)`` sizes per axis with the one allowed ``-1`` of ``shape`` resolved.
 
-  Uses ``jax.make_mesh`` (topology-aware device order on TPU) with Auto axis types.
+  ``shape`` is per slice (ICI), ``dcn_shape`` across slices; the mesh axis sizes are their
+  products. This is the only place that resolves ``-1``.
+
+  Raises:
+    ValueError: naming the shapes and the device count when they do not fit.
   """
-  devices = list(jax.devices() if devices is None else devices)
-  shape = list(shape)
-  if shape.count(-1) > 1:
-    raise ValueError(f"mesh shape {shape}: at most one axis may be -1")
-  known = int(np.prod([s for s in shape if s != -1]))
-  if -1 in shape:
-    if len(devices) % known:
-      raise ValueError(f"mesh shape {shape}: {len(devices)} devices not divisible by {known}")
-    shape[shape.index(-1)] = len(devices) // known
-  if int(np.prod(shape)) != len(devices):
-    raise ValueError(
-        f"mesh shape {tuple(shape)} needs {int(np.prod(shape))} devices, "
-        f"but {len(devices)} are available")
-  auto = (jax.sharding.AxisType.Auto,) * len(axis_names)
-  if devices == list(jax.devices()):
-    return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=auto)
-  return Mesh(np.asarray(devices).reshape(shape), tuple(axis_names), axis_types=auto)
+  num_devices = jax.device_count() if num_devices is None else int(num_devices)
+  ici, dcn = [int(x) for x in shape], [int(x) for x in dcn_shape]
+  if len(ici) != len(MESH_AXES) or len(dcn) != len(MESH_AXES):
+    raise ValueError(f"mesh.shape={tuple(ici)} and mesh.dcn_shape={tuple(dcn)} must have 3 "
+                     "entries (data, fsdp, tensor)")
+  if any(s == 0 or s < -1 for s in ici) or ici.count(-1) > 1 or any(s < 1 for s in dcn):
+    raise ValueError(f"mesh.shape={tuple(ici)}: sizes must be >= 1 with at most one -1; "
+                     f"mesh.dcn_shape={tuple(dcn)} must be >= 1")
+  slices = int(np.prod(dcn))
+  if num_devices % slices:
+    raise ValueError(f"mesh.dcn_shape={tuple(dcn)} needs the {num_devices} devices to split into "
+                     f"{slices} equal slices")
+  per_slice = num_devices // slices
+  known = int(np.prod([s for s in ici if s != -1]))
+  if -1 in ici:
+    if per_slice % known:
+      raise ValueError(f"mesh.shape={tuple(ici)}: {per_slice} devices per slice are not "
+                       f"divisible by {known}")
+    ici[ici.index(-1)] = per_slice // known
+  if int(np.prod(ici)) != per_slice:
+    raise ValueError(f"mesh.shape={tuple(ici)} x dcn_shape={tuple(dcn)} needs "
+                     f"{int(np.prod(ici)) * slices} devices, but {num_devices} are available")
+  return tuple(ici), tuple(dcn)
 
 
-def make_hybrid_mesh(ici_shape: Sequence[int], dcn_shape: Sequence[int] = (1, 1, 1), devices=None,
-                     axis_names=MESH_AXES) -> Mesh:
-  """A multi-slice mesh: ``ici_shape`` within a slice (one entry may be -1), ``dcn_shape``
-  across slices; each axis has size ``ici * dcn`` (``jax_practices.md`` item 2).
+def make_mesh(shape: Sequence[int], dcn_shape: Sequence[int] = (1, 1, 1), devices=None,
+              axis_names=MESH_AXES) -> Mesh:
+  """The one mesh constructor: ``(data, fsdp, tensor)``, Auto axis types.
 
-  Uses ``mesh_utils.create_hybrid_device_mesh`` (slices from ``device.slice_index``; on
-  platforms without it, e.g. CPU, each process is a slice). With ``dcn_shape`` all ones this
-  is :func:`make_mesh`. Put the data-parallel axis across slices (DCN), FSDP within (ICI).
+  ``shape`` is per slice (one entry may be -1, "the rest"), ``dcn_shape`` across slices; each
+  axis has size ``ici * dcn`` (``jax_practices.md`` item 2). One slice: ``jax.make_mesh`` for
+  all devices (topology-aware order on TPU), ``mesh_utils.create_device_mesh`` for a TPU
+  device list (e.g. libtpu's compile-only devices), a plain reshape otherwise. Several
+  slices: ``mesh_utils.create_hybrid_device_mesh`` (slices from ``device.slice_index``; on
+  platforms without it, e.g. CPU, each process is a slice). Put data parallelism across
+  slices (DCN), FSDP within (ICI).
   """
   from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
-  dcn = [int(s) for s in dcn_shape]
-  if len(dcn) != len(axis_names) or any(s < 1 for s in dcn):
-    raise ValueError(f"mesh dcn_shape {tuple(dcn)}: expected {len(axis_names)} sizes >= 1")
-  if int(np.prod(dcn)) == 1:
-    return make_mesh(ici_shape, devices, axis_names)
+  all_devices = devices is None
   devices = list(jax.devices() if devices is None else devices)
-  slices = int(np.prod(dcn))
-  if len(devices) % slices:
-    raise ValueError(f"mesh dcn_shape {tuple(dcn)}: {len(devices)} devices do not split into "
-                     f"{slices} slices")
-  ici = list(ici_shape)
-  if ici.count(-1) > 1:
-    raise ValueError(f"mesh shape {tuple(ici)}: at most one axis may be -1")
-  if -1 in ici:
-    ici[ici.index(-1)] = len(devices) // slices // int(np.prod([s for s in ici if s != -1]))
-  granule = not hasattr(devices[0], "slice_index")
-  arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=granule,
-                                             allow_split_physical_axes=True)
+  ici, dcn = resolve_mesh_shape(shape, dcn_shape, len(devices))
   auto = (jax.sharding.AxisType.Auto,) * len(axis_names)
+  if int(np.prod(dcn)) > 1:
+    granule = not hasattr(devices[0], "slice_index")
+    arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=granule,
+                                               allow_split_physical_axes=True)
+  elif all_devices or devices == list(jax.devices()):
+    return jax.make_mesh(ici, tuple(axis_names), axis_types=auto)
+  elif devices[0].platform == "tpu":
+    arr = mesh_utils.create_device_mesh(ici, devices=devices, allow_split_physical_axes=True)
+  else:
+    arr = np.asarray(devices).reshape(ici)
   return Mesh(arr, tuple(axis_names), axis_types=auto)
+
+
+def mesh_from_config(config, devices=None) -> Mesh:
+  """:func:`make_mesh` from an experiment config's ``mesh.shape`` / ``mesh.dcn_shape``."""
+  return make_mesh(tuple(config.mesh.shape), tuple(config.mesh.dcn_shape), devices=devices)

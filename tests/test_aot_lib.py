@@ -104,7 +104,7 @@ def test_compile_report_memory_math_on_cpu():
 
 
 def test_build_mesh_errors():
-  with pytest.raises(ValueError, match="needs 6 devices, the topology has 8"):
+  with pytest.raises(ValueError, match="needs 6 devices, but 8 are available"):
     aot_lib.build_mesh(jax.devices(), (2, 3, 1))
   with pytest.raises(ValueError, match="at most one -1"):
     aot_lib.build_mesh(jax.devices(), (-1, -1, 1))

@@ -2,8 +2,8 @@
 
 Two analytic numbers per step:
 
-* **model FLOPs**: ``trainer.flops.train_step_flops`` (causal attention counted at half;
-  used for MFU and the FLOP-ideal speedup);
+* **model FLOPs**: ``trainer.flops`` (causal attention counted at half; real tokens and
+  images for MFU and the FLOP-ideal speedup, padded slots reported separately);
 * **executed matmul FLOPs**: the same plus the masked half of causal attention, because the
   decoder computes the dense ``T x T`` score matrix. This is what XLA's ``cost_analysis()``
   counts for the dots and convolutions, so it is the number to cross-check.
@@ -15,28 +15,27 @@ analytic count ignores; on models whose widths are >= 128 they are a few percent
 """
 from __future__ import annotations
 
-import dataclasses
+import copy
 from typing import Dict, Optional
 
 from acformer_jax import config as config_lib
 from acformer_jax.trainer import flops as flops_lib
 
 
-def llm_is_trainable(trainable) -> bool:
-  return any(str(p).startswith("llm") for p in trainable)
+def model_flops(mc: config_lib.ModelConfig, batch: int, seq_len: int, *, llm_trainable: bool,
+                head_positions: int = 0) -> flops_lib.StepFlops:
+  """Model FLOPs of ``batch`` full rows of ``seq_len`` tokens (the LM head on
+  ``head_positions`` per row when > 0, as ``train.loss_positions``)."""
+  return flops_lib.train_step_flops(mc, batch, seq_len, llm_trainable=llm_trainable,
+                                    head_positions=head_positions)
 
 
-def model_flops(mc: config_lib.ModelConfig, batch: int, seq_len: int, *,
-                llm_trainable: bool) -> flops_lib.StepFlops:
-  return flops_lib.train_step_flops(mc, batch, seq_len, llm_trainable=llm_trainable)
-
-
-def executed_flops(mc: config_lib.ModelConfig, batch: int, seq_len: int, *,
-                   llm_trainable: bool) -> float:
-  """Model FLOPs plus the masked half of the decoder's causal attention (fwd + 2 bwd)."""
-  total = model_flops(mc, batch, seq_len, llm_trainable=llm_trainable).total
-  _, attention = flops_lib.llm_forward_flops(mc.llm, seq_len)
-  return total + 3.0 * batch * attention
+def executed_flops(ex) -> float:
+  """An experiment's padded FLOPs plus the masked half of the decoder's causal attention
+  (fwd + 2 bwd) over every row: what the dense score matrix makes the hardware do."""
+  b, t = ex.batch_shape.rows, ex.batch_shape.length
+  _, attention = flops_lib.llm_forward_flops(ex.mc.llm, t)
+  return ex.padded_flops.total + 3.0 * b * attention
 
 
 def xla_flops(compiled) -> Optional[float]:
@@ -49,18 +48,18 @@ def xla_flops(compiled) -> Optional[float]:
   return float(ca["flops"])
 
 
-def cross_check(mc: config_lib.ModelConfig, train_cfg, batch_np, compiled=None) -> Dict[str, float]:
-  """XLA's FLOPs of the unrolled step vs :func:`executed_flops`.
+def cross_check(ex, compiled=None) -> Dict[str, float]:
+  """XLA's FLOPs of the unrolled step vs :func:`executed_flops` of experiment ``ex``.
 
-  ``compiled``: the step already compiled for ``mc``; reused when ``mc`` is unrolled,
-  otherwise the unrolled step is compiled here on abstract inputs.
+  ``compiled``: ``ex``'s step already compiled; reused when its layers are unrolled,
+  otherwise the unrolled step is built (same builder) and compiled on abstract inputs.
   """
   from acformer_jax.benchmarking import workload  # pylint: disable=import-outside-toplevel
-  if compiled is None or mc.scan_layers:
-    unrolled = dataclasses.replace(mc, scan_layers=False)
-    compiled = workload.lower_abstract(unrolled, train_cfg, batch_np).compile()
-  b, t = batch_np["input_ids"].shape
-  ours = executed_flops(mc, b, t, llm_trainable=llm_is_trainable(train_cfg.trainable))
+  if compiled is None or ex.mc.scan_layers:
+    unrolled = copy.deepcopy(ex.config)
+    unrolled.model.scan_layers = False
+    compiled = workload.build(unrolled).lower().compile()
+  ours = executed_flops(ex)
   xla = xla_flops(compiled)
   return {"xla_flops": xla, "executed_flops": ours,
           "rel_diff": None if not xla else (xla - ours) / ours}

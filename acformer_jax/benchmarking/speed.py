@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from acformer_jax import batch as batch_lib
 from acformer_jax import config as config_lib
 from acformer_jax.benchmarking import flop_count, matmul, timing, workload
 
@@ -33,7 +34,8 @@ def build_bundles(cfg, names: Sequence[str], log: Callable[[str], None]) -> Dict
   for name in names:
     mc = workload.variant(base, name)
     batch = workload.make_batch(mc, b, text)
-    bundle = workload.build_step(mc, cfg.train, batch, shared=shared)
+    cfg_v = workload.variant_config(cfg, name, max_length=batch["input_ids"].shape[1])
+    bundle = workload.build_step(cfg_v, batch, shared=shared)
     if shared is None:
       shared = {k: bundle.state.params[k] for k in ("vision", "llm")}
     bundles[name] = bundle
@@ -43,14 +45,14 @@ def build_bundles(cfg, names: Sequence[str], log: Callable[[str], None]) -> Dict
 
 
 def _flops_entry(cfg, bundle, xla_check: bool) -> Dict:
-  b, t = bundle.batch_np["input_ids"].shape
-  llm_tr = flop_count.llm_is_trainable(cfg.train.trainable)
-  mf = flop_count.model_flops(bundle.config, b, t, llm_trainable=llm_tr)
+  del cfg
+  ex = bundle.experiment
+  mf = ex.batch_flops(bundle.batch_np)  # real work (= padded here: rows are full)
   out = {"model_flops": mf.total, "vit_flops": mf.vit, "connector_flops": mf.connector,
-         "llm_flops": mf.llm,
-         "executed_flops": flop_count.executed_flops(bundle.config, b, t, llm_trainable=llm_tr)}
+         "llm_flops": mf.llm, "padded_flops": ex.padded_flops.total,
+         "executed_flops": flop_count.executed_flops(ex)}
   if xla_check:
-    chk = flop_count.cross_check(bundle.config, cfg.train, bundle.batch_np, bundle.compiled)
+    chk = flop_count.cross_check(ex, bundle.compiled)
     out.update(xla_flops=chk["xla_flops"], xla_rel_diff=chk["rel_diff"])
   return out
 
@@ -70,7 +72,7 @@ def run_speed(cfg, names: Sequence[str], *, reps: int, warmup: int, xla_check: b
   for n in names:
     bd, e, t = bundles[n], entries[n], times[n]
     step = t["median_s"]
-    tokens = int(bd.batch_np["attention_mask"].sum())
+    tokens = batch_lib.real_tokens(bd.batch_np)
     ideal = entries[base]["model_flops"] / e["model_flops"]
     speedup = times[base]["median_s"] / step
     row = {"connector": n, "type": bd.config.connector.type,

@@ -93,15 +93,15 @@ def _torch_train_step(model, ids, labels, pixels):
   return step
 
 
-def _train_cfg(text_len: int):
-  """Our step's settings: as LLaVA-1.5 stage 2, and ``loss_positions`` (the LM head only on
-  the supervised positions of each row, rounded up to 64; the same loss and gradients)."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  return ml_collections.ConfigDict({
-      "steps": 1000, "trainable": ("connector/", "llm/"), "grad_accum_steps": 1,
-      "loss_positions": -(-text_len // 64) * 64,
-      "optimizer": {"lr": 2e-5, "warmup_ratio": 0.0, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
-                    "weight_decay": 0.0, "clip_norm": 1.0}})
+def _experiment(mc, batch: int, seq_len: int, text_len: int):
+  """Our step's settings: LLaVA-1.5 stage 2 (AdamW, warmup 0, clip 1), and
+  ``loss_positions`` (the LM head only on the supervised positions of each row, rounded up
+  to 64; the same loss and gradients)."""
+  from acformer_jax.benchmarking import workload  # pylint: disable=import-outside-toplevel
+  c = workload.config_for_model(mc, max_length=seq_len, global_batch=batch, stage=2, steps=1000,
+                                loss_positions=-(-text_len // 64) * 64)
+  c.train.optimizer.update(lr=2e-5, warmup_ratio=0.0, weight_decay=0.0, clip_norm=1.0)
+  return c
 
 
 def _logit_diff(hf, model, params, ids, pixels) -> float:
@@ -134,9 +134,10 @@ def run(args) -> Dict:
   log(f"converted: max |logit diff| {diff:.2e}")
   if not diff < 1e-2:
     raise ValueError(f"the converted model disagrees with transformers (max |logit diff| {diff})")
-  batch_np = {"images": pixels, "input_ids": ids.astype(np.int32), "labels": labels.astype(np.int32),
-              "attention_mask": np.ones(ids.shape, np.int32)}
-  ours = workload.build_step(mc, _train_cfg(pr["text"]), batch_np, params=params)
+  from acformer_jax import batch as batch_lib  # pylint: disable=import-outside-toplevel
+  batch_np = batch_lib.unpacked(pixels, ids, labels)
+  ours = workload.build_step(_experiment(mc, pr["batch"], ids.shape[1], pr["text"]), batch_np,
+                             params=params)
   initial = {k: v.detach().clone() for k, v in hf.state_dict().items()}
   theirs = _torch_train_step(hf, ids, labels, pixels)
   res = timing.interleaved({"jax_train": ours.run, "torch_train": theirs}, reps=args.reps,

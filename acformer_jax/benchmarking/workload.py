@@ -1,12 +1,13 @@
-"""The benchmark workload: experiment config -> per-connector model, batch and jitted step.
+"""The benchmark workload: experiment config -> per-connector config, batch and compiled step.
 
 Every connector variant shares the vision tower, the decoder and the batch (images and
 caption tokens); only the connector and the number of image slots differ, as in the
 paper's speed comparison (``acformer.md`` 1.7: same hardware, same batch, stage-1 step).
-The step is the real trainer step (``trainer/step.py``) on a one-device mesh.
+The step comes from the trainer's own builder (``trainer/builder.py``) on a one-device mesh.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import pathlib
@@ -18,12 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from acformer_jax import batch as batch_lib
 from acformer_jax import config as config_lib
 from acformer_jax import sharding as sharding_lib
-from acformer_jax.models.mllm import MultimodalLM
-from acformer_jax.trainer import experiment, optim, state as state_lib, step as step_lib
-
-IGNORE = step_lib.IGNORE_INDEX
+from acformer_jax.trainer import builder, experiment, state as state_lib
 
 
 def load_experiment(spec: str):
@@ -64,9 +63,27 @@ def variant(mc: config_lib.ModelConfig, name: str, **overrides) -> config_lib.Mo
   return mc
 
 
+def variant_config(cfg, name: str, *, max_length: int, images_per_row: int = 1,
+                   global_batch: Optional[int] = None, scan_layers: Optional[bool] = None):
+  """A copy of experiment config ``cfg`` with connector ``name`` (see :func:`connector_config`),
+  rows of ``max_length`` tokens and ``images_per_row`` image slots (packed rows when > 1)."""
+  c = copy.deepcopy(cfg)
+  mc = variant(model_config(cfg), name)
+  c.model.connector = experiment._dict_of(mc.connector)  # pylint: disable=protected-access
+  c.data.max_length = int(max_length)
+  c.data.packing = images_per_row > 1
+  c.data.max_images_per_row = int(images_per_row)
+  if global_batch is not None:
+    c.train.global_batch_size = int(global_batch)
+  if scan_layers is not None:
+    c.model.scan_layers = bool(scan_layers)
+  return c
+
+
 def make_batch(mc: config_lib.ModelConfig, batch: int, text_len: int, seed: int = 0
                ) -> Dict[str, np.ndarray]:
-  """Stage-1 (``plain`` template) batch: ``[BOS, image x Nv, caption (text_len - 1 tokens)]``.
+  """Stage-1 (``plain`` template) batch, one sample per row (``acformer_jax.batch``):
+  ``[BOS, image x Nv, caption (text_len - 1 tokens)]``.
 
   Images and caption ids depend only on ``seed`` and the vision/LLM configs, so every
   connector variant sees the same data; labels supervise the caption (spec 2.4).
@@ -80,21 +97,40 @@ def make_batch(mc: config_lib.ModelConfig, batch: int, text_len: int, seed: int 
   bos = np.full((batch, 1), mc.llm.bos_token_id, np.int32)
   ids = np.concatenate([bos, np.full((batch, nv), mc.image_token_id, np.int32), caption], axis=1)
   labels = ids.copy()
-  labels[:, :1 + nv] = IGNORE
-  return {"images": images, "input_ids": ids, "labels": labels,
-          "attention_mask": np.ones_like(ids), "has_image": np.ones((batch,), bool)}
+  labels[:, :1 + nv] = batch_lib.IGNORE_INDEX
+  return batch_lib.unpacked(images, ids, labels)
+
+
+def config_for_model(mc: config_lib.ModelConfig, *, max_length: int, global_batch: int,
+                     stage: int = 1, **train):
+  """An experiment config around a ModelConfig (``stage`` recipe, ``train`` overrides)."""
+  c = experiment.base_config()
+  (experiment.stage1 if stage == 1 else experiment.stage2)(c)
+  d = config_lib.model_config_to_dict(mc)
+  for k in ("vision", "llm", "connector"):
+    c.model[k] = experiment._dict_of(getattr(mc, k))  # pylint: disable=protected-access
+    del d[k]
+  c.model.update(d)
+  c.data.max_length = int(max_length)
+  c.train.global_batch_size = int(global_batch)
+  c.train.update(train)
+  return c
 
 
 @dataclasses.dataclass
 class StepBundle:
-  """A compiled, ready-to-time train step for one model config."""
-  config: config_lib.ModelConfig
+  """A compiled, ready-to-time train step for one experiment config."""
+  experiment: builder.Experiment
   compiled: Any                  # AOT-compiled (state, batch) -> (state, metrics), state donated
   state: Any
   batch: Dict[str, jax.Array]
   seq_len: int
   compile_s: float
   batch_np: Dict[str, np.ndarray]
+
+  @property
+  def config(self) -> config_lib.ModelConfig:
+    return self.experiment.mc
 
   def run(self):
     """One step, threading the donated state; blocks until done; returns the metrics."""
@@ -107,27 +143,9 @@ def one_device_mesh():
   return sharding_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
 
 
-def make_call(mc: config_lib.ModelConfig, train_cfg, *, seed: int = 0):
-  """``(call, state_fn, abstract_state, shardings)``: the jitted trainer step on one device."""
-  mesh = one_device_mesh()
-  model = MultimodalLM(mc)
-  tx, schedule = optim.make_optimizer(train_cfg.optimizer, int(train_cfg.steps))
-  trainable = tuple(train_cfg.trainable)
-  state_fn = state_lib.make_state_fn(model, mc, tx, trainable)
-  abstract, shardings = state_lib.abstract_state(state_fn, mesh)
-  fn = step_lib.make_train_step(model, tx, schedule, trainable=trainable,
-                                grad_accum=int(train_cfg.get("grad_accum_steps", 1)), seed=seed,
-                                loss_positions=int(train_cfg.get("loss_positions", 0)))
-  return step_lib.jit_train_step(fn, mesh, shardings), state_fn, abstract, shardings
-
-
-def lower_abstract(mc: config_lib.ModelConfig, train_cfg, batch_np: Dict[str, np.ndarray]):
-  """Lowers the step on abstract inputs only (no parameters are materialised)."""
-  call, _, abstract, _ = make_call(mc, train_cfg)
-  dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  batch = {k: jax.ShapeDtypeStruct(batch_np[k].shape, batch_np[k].dtype, sharding=dev)
-           for k in step_lib.BATCH_KEYS}
-  return step_lib.lower(call, abstract, batch)
+def build(cfg) -> builder.Experiment:
+  """The trainer's experiment (``trainer/builder.py``) for ``cfg`` on one device."""
+  return builder.build_experiment(cfg, one_device_mesh(), process_count=1, random_init_ok=True)
 
 
 def random_params(abstract: Any, seed: int = 0, std: float = 0.02) -> Any:
@@ -148,21 +166,23 @@ def random_params(abstract: Any, seed: int = 0, std: float = 0.02) -> Any:
   return jax.tree_util.tree_map_with_path(draw, nn.unbox(abstract))
 
 
-def build_step(mc: config_lib.ModelConfig, train_cfg, batch_np: Dict[str, np.ndarray], *,
-               shared: Optional[Dict[str, Any]] = None, params: Any = None,
-               seed: int = 0) -> StepBundle:
-  """Initialises a state on one device and AOT-compiles the trainer's step for ``mc``.
+def build_step(cfg, batch_np: Dict[str, np.ndarray], *, shared: Optional[Dict[str, Any]] = None,
+               params: Any = None, seed: int = 0) -> StepBundle:
+  """Initialises a state on one device and AOT-compiles the trainer's step for ``cfg``.
 
-  ``shared``: params subtrees (e.g. ``vision``, ``llm``) to use instead of the fresh init,
-  so connector variants run the very same towers. ``params``: the whole (unboxed) tree to
-  start from instead of a random init (copied: the state is donated).
+  ``batch_np`` must have ``cfg``'s global batch shape. ``shared``: params subtrees (e.g.
+  ``vision``, ``llm``) to use instead of the fresh init, so connector variants run the very
+  same towers. ``params``: the whole (unboxed) tree to start from instead of a random init
+  (copied: the state is donated).
   """
-  call, _, abstract, shardings = make_call(mc, train_cfg, seed=seed)
+  ex = build(cfg)
+  got = batch_lib.check(batch_np)
+  if got != ex.batch_shape:
+    raise ValueError(f"bench batch {got} does not match the config's {ex.batch_shape}")
   if params is None:
-    params = random_params(abstract.params, seed)
-  tx, _ = optim.make_optimizer(train_cfg.optimizer, int(train_cfg.steps))
-  from_params = state_lib.state_from_params_fn(tx, tuple(train_cfg.trainable))
-  st = jax.jit(from_params, out_shardings=shardings)(jax.tree.map(jnp.copy, params))
+    params = random_params(ex.abstract_state.params, seed)
+  from_params = state_lib.state_from_params_fn(ex.tx, ex.trainable)
+  st = jax.jit(from_params, out_shardings=ex.state_shardings)(jax.tree.map(jnp.copy, params))
   if shared:
     params = dict(st.params)
     for k, v in shared.items():
@@ -170,13 +190,10 @@ def build_step(mc: config_lib.ModelConfig, train_cfg, batch_np: Dict[str, np.nda
         raise ValueError(f"shared params '{k}' do not match the model's shapes")
       params[k] = jax.tree.map(jnp.copy, v)  # own buffers: the state is donated
     st = st.replace(params=params)
-  batch = step_lib.device_batch(batch_np, call.mesh)
-  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
-                    for k, v in batch.items()}
+  batch = batch_lib.to_device(batch_np, ex.mesh)
   t = time.perf_counter()
-  compiled = step_lib.lower(call, abstract, abstract_batch).compile()
-  return StepBundle(mc, compiled, st, batch, int(batch_np["input_ids"].shape[1]),
-                    time.perf_counter() - t, batch_np)
+  compiled = ex.lower().compile()
+  return StepBundle(ex, compiled, st, batch, got.length, time.perf_counter() - t, batch_np)
 
 
 def model_config(cfg) -> config_lib.ModelConfig:

@@ -19,12 +19,17 @@ softmax and embedding lookups are ignored):
   the projector on ``Nv`` tokens. All of it at 3x forward, except a projector that reads the
   frozen ViT features directly (``linear``/``mlp2x_gelu``/``pooling``/``top_p``/``evit``):
   its first matmul needs no input gradient (2x).
-* LLM on the padded sequence ``T``: per token ``2 (D H hd + 2 D K hd + H hd D + 3 D F)`` per
+* LLM: per token ``2 (D H hd + 2 D K hd + H hd D + 3 D F)`` per
   layer plus ``2 D V`` for the head (on ``train.loss_positions`` rows per sequence when set);
-  causal attention ``2 T^2 H hd`` per layer per sequence
-  (``QK^T`` and ``AV`` at ``2 T^2 H hd`` each, halved for the mask). Trained LLM: 3x forward.
+  causal attention ``2 L^2 H hd`` per layer per sample of ``L`` tokens
+  (``QK^T`` and ``AV`` at ``2 L^2 H hd`` each, halved for the mask). Trained LLM: 3x forward.
   Frozen LLM (stage 1): weight matmuls 2x (input gradients only, to reach the visual
   tokens), attention 3x (it has no weights: its backward is two input gradients).
+
+Two counts per step: **real** (:func:`real_step_flops`: real tokens, real images, and
+attention within each packed sample; MFU uses it) and **padded**
+(:func:`train_step_flops`: every token slot and image slot of every row, one sequence per
+row), reported separately.
 """
 from __future__ import annotations
 
@@ -88,25 +93,50 @@ def connector_train_flops(mc: config_lib.ModelConfig) -> float:
   return total
 
 
+def llm_coefficients(l: config_lib.LLMConfig) -> tuple:
+  """Forward FLOPs ``(per token in the layers, per token of the LM head, per query-key pair
+  of a segment's full ``L x L`` score matrix)``; causal attention costs half the pairs."""
+  d, h, k, hd, f = l.hidden_size, l.num_heads, l.num_kv_heads, l.resolved_head_dim, l.intermediate_size
+  per_token = l.num_layers * 2.0 * (d * h * hd + 2 * d * k * hd + h * hd * d + 3 * d * f)
+  return per_token, 2.0 * d * l.vocab_size, l.num_layers * 2.0 * h * hd
+
+
 def llm_forward_flops(l: config_lib.LLMConfig, seq_len: int, head_positions: int = 0) -> tuple:
   """``(weight-matmul FLOPs, attention FLOPs)`` of one forward pass over ``seq_len`` tokens
   (the LM head on ``head_positions`` of them when > 0, see ``trainer/loss.py``)."""
-  d, h, k, hd, f = l.hidden_size, l.num_heads, l.num_kv_heads, l.resolved_head_dim, l.intermediate_size
-  per_token_layer = 2.0 * (d * h * hd + 2 * d * k * hd + h * hd * d + 3 * d * f)
+  per_token, head, pair = llm_coefficients(l)
   head_rows = min(head_positions, seq_len) if head_positions > 0 else seq_len
-  weights = seq_len * l.num_layers * per_token_layer + head_rows * 2.0 * d * l.vocab_size
-  attention = l.num_layers * 2.0 * seq_len * seq_len * h * hd
-  return weights, attention
+  return seq_len * per_token + head_rows * head, pair * seq_len * seq_len
+
+
+def _llm_train(weights: float, attention: float, llm_trainable: bool) -> float:
+  return (3.0 if llm_trainable else 2.0) * weights + 3.0 * attention
 
 
 def train_step_flops(mc: config_lib.ModelConfig, global_batch: int, seq_len: int, *,
-                     llm_trainable: bool, head_positions: int = 0) -> StepFlops:
-  """Model FLOPs of one optimizer step on ``global_batch`` rows of ``seq_len`` tokens."""
+                     llm_trainable: bool, head_positions: int = 0,
+                     images_per_row: int = 1) -> StepFlops:
+  """PADDED FLOPs of one optimizer step: ``global_batch`` rows of ``seq_len`` tokens, each
+  row one sequence, every one of its ``images_per_row`` image slots encoded. This is what
+  static shapes make the hardware do; :func:`real_step_flops` is the model FLOPs of the
+  work that counts."""
   w, a = llm_forward_flops(mc.llm, seq_len, head_positions)
-  llm = (3.0 if llm_trainable else 2.0) * w + 3.0 * a
-  return StepFlops(vit=global_batch * vit_forward_flops(mc.vision),
-                   connector=global_batch * connector_train_flops(mc),
-                   llm=global_batch * llm)
+  images = global_batch * images_per_row
+  return StepFlops(vit=images * vit_forward_flops(mc.vision),
+                   connector=images * connector_train_flops(mc),
+                   llm=global_batch * _llm_train(w, a, llm_trainable))
+
+
+def real_step_flops(mc: config_lib.ModelConfig, *, tokens: float, images: float,
+                    attention_pairs: float, head_tokens: float, llm_trainable: bool) -> StepFlops:
+  """Model FLOPs of the real (non-padding) work of one step: ``tokens`` real tokens,
+  ``images`` real images, ``attention_pairs`` = sum over samples of ``L^2`` (causal: half
+  of it is counted), the LM head on ``head_tokens`` tokens. For MFU."""
+  per_token, head, pair = llm_coefficients(mc.llm)
+  w = tokens * per_token + head_tokens * head
+  return StepFlops(vit=images * vit_forward_flops(mc.vision),
+                   connector=images * connector_train_flops(mc),
+                   llm=_llm_train(w, pair * attention_pairs, llm_trainable))
 
 
 # Dense bf16 peak FLOP/s per chip (vendor numbers), matched against ``device_kind``.

@@ -1,9 +1,11 @@
 """The training loop behind ``python -m acformer_jax.train`` (also callable in-process).
 
 Spec: ``acformer.md`` 2.1-2.2 (two-stage recipe), ``jax_practices.md`` items 3-6, 10, 13-14.
-Order of work: validate the config -> mesh -> abstract sharded state -> restore the newest
-readable checkpoint (state + data-iterator position) or build the initial parameters from
-``config.init`` -> sharding check -> jitted step -> loop. The loop dispatches step ``k+1``
+Order of work: mesh -> the experiment (``trainer/builder.py``: validated config, abstract
+sharded state, jitted step, FLOPs) -> restore the newest readable checkpoint (state +
+data-iterator position) or build the initial parameters from ``config.init`` -> sharding
+check -> loop. MFU counts the real FLOPs of each step (its real tokens, images and
+per-sample attention); the padded figures are logged next to it. The loop dispatches step ``k+1``
 before reading step ``k``'s metrics (one step of lag keeps the device busy) and reads them
 synchronously before every save, so a checkpoint never holds a non-finite state. It stops on
 completion, on preemption (SIGTERM: save now) or on a non-finite loss / gradient norm (no
@@ -23,14 +25,13 @@ import numpy as np
 
 from acformer_jax import batch as batch_lib
 from acformer_jax import sharding as sharding_lib
-from acformer_jax.models.mllm import MultimodalLM
+from acformer_jax.trainer import builder as builder_lib
 from acformer_jax.trainer import checkpoint as ckpt_lib
 from acformer_jax.trainer import evaluation
 from acformer_jax.trainer import flops as flops_lib
-from acformer_jax.trainer import initialize, metrics as metrics_lib, optim
+from acformer_jax.trainer import initialize, metrics as metrics_lib
 from acformer_jax.trainer import state as state_lib
-from acformer_jax.trainer import step as step_lib
-from acformer_jax.trainer.validate import ConfigError, validate
+from acformer_jax.trainer.validate import ConfigError
 
 logger = logging.getLogger("acformer_jax.trainer.loop")
 
@@ -62,36 +63,25 @@ def tokenizer_dir(config) -> Optional[pathlib.Path]:
   return pathlib.Path(path) if path else DEFAULT_TOKENIZER_DIR
 
 
-def build(config, mesh=None):
-  """Everything but the data and the loop: model, optimizer, mesh, abstract sharded state."""
-  mc = validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
+def build(config, mesh=None) -> builder_lib.Experiment:
+  """The experiment on ``mesh`` (default: ``config.mesh`` over every device)."""
   if mesh is None:
-    mesh = sharding_lib.make_hybrid_mesh(config.mesh.shape, config.mesh.dcn_shape)
-  model = MultimodalLM(mc)
-  steps = int(config.train.steps)
-  tx, schedule = optim.make_optimizer(config.train.optimizer, steps)
-  trainable = tuple(config.train.trainable)
-  state_fn = state_lib.make_state_fn(model, mc, tx, trainable)
-  abstract, shardings = state_lib.abstract_state(state_fn, mesh)
-  return dict(mc=mc, mesh=mesh, model=model, tx=tx, schedule=schedule, trainable=trainable,
-              state_fn=state_fn, abstract=abstract, shardings=shardings)
+    try:
+      mesh = sharding_lib.mesh_from_config(config)
+    except ValueError as e:
+      raise ConfigError(f"invalid config:\n  - {e}") from e
+  return builder_lib.build_experiment(config, mesh)
 
 
-def initial_state(config, b) -> state_lib.TrainState:
+def initial_state(config, ex: builder_lib.Experiment) -> state_lib.TrainState:
   """A fresh TrainState from ``config.init`` sources (random where none is given)."""
-  init_fn = state_lib.init_params_fn(b["model"], b["mc"])
+  init_fn = state_lib.init_params_fn(ex.model, ex.mc)
   unboxed = lambda r: nn.unbox(init_fn(r))  # noqa: E731
-  params = initialize.initial_params(config.init, unboxed, b["abstract"].params,
-                                     b["shardings"].params, b["mc"],
+  params = initialize.initial_params(config.init, unboxed, ex.abstract_state.params,
+                                     ex.state_shardings.params, ex.mc,
                                      jax.random.key(int(config.train.seed)))
-  make = state_lib.state_from_params_fn(b["tx"], b["trainable"])
-  return jax.jit(make, out_shardings=b["shardings"], donate_argnums=0)(params)
-
-
-def llm_trains(abstract_params, trainable) -> bool:
-  pats = optim.compile_patterns(trainable)
-  flat = optim._flat(abstract_params)  # pylint: disable=protected-access
-  return any(optim.is_trainable(k, pats) for k in flat if k.startswith("llm/"))
+  make = state_lib.state_from_params_fn(ex.tx, ex.trainable)
+  return jax.jit(make, out_shardings=ex.state_shardings, donate_argnums=0)(params)
 
 
 def check_same_model(store: ckpt_lib.CheckpointStore, cfg_dict: Dict[str, Any]) -> None:
@@ -107,6 +97,26 @@ def check_same_model(store: ckpt_lib.CheckpointStore, cfg_dict: Dict[str, Any]) 
                     f"fields {diff} differ from step {latest}); use a new --workdir or the old config")
 
 
+def real_flop_scalars(perf: Dict[str, float], real_flops, padded_per_step: float,
+                      peak: float) -> Dict[str, float]:
+  """``perf/*`` with MFU and TFLOP/s from the REAL FLOPs of the steps in the window
+  (``perf/mfu_padded`` and ``perf/tflops_per_s_padded`` count every slot)."""
+  if not perf or not real_flops:
+    return perf
+  dt = perf["perf/step_time_s"] * len(real_flops)
+  out = dict(perf)
+  out["perf/tflops_per_s_padded"] = padded_per_step * len(real_flops) / dt / 1e12
+  out["perf/tflops_per_s"] = sum(real_flops) / dt / 1e12
+  if peak > 0:
+    out["perf/mfu_padded"] = out["perf/tflops_per_s_padded"] * 1e12 / peak
+    out["perf/mfu"] = out["perf/tflops_per_s"] * 1e12 / peak
+  return out
+
+
+def _json_safe(d) -> Any:
+  return json.loads(json.dumps(d, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
 def _host_metrics(m) -> Dict[str, float]:
   return {k: float(np.asarray(v)) for k, v in jax.device_get(m).items()}
 
@@ -119,8 +129,8 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
   answer file); also written to ``<workdir>/summary.json`` on process 0.
   """
   workdir = pathlib.Path(workdir).absolute()
-  b = build(config, mesh)
-  mc, mesh, t = b["mc"], b["mesh"], config.train
+  ex = build(config, mesh)
+  mc, mesh, t = ex.mc, ex.mesh, config.train
   total = int(t.steps)
   cfg_dict = config_to_dict(config)
   eval_task = evaluation.prepare(config.get("eval"), workdir, mc.vision.image_size)
@@ -129,36 +139,29 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
                                    async_save=bool(config.checkpoint.async_save))
   check_same_model(store, cfg_dict)
   it = data_iterator if data_iterator is not None else make_data_iterator(config, mc)
-  restored = store.restore_latest(b["abstract"])
+  restored = store.restore_latest(ex.abstract_state)
   if restored is not None:
     state = restored.state
     it.set_state(ckpt_lib.data_state_for_this_process(restored.data_state))
     logger.info("resumed from %s step %d", store.directory, restored.step)
   else:
-    state = initial_state(config, b)
+    state = initial_state(config, ex)
     logger.info("initialised (%s)", initialize.describe_sources(config.init))
-  frac = state_lib.assert_sufficiently_sharded(state.params, b["shardings"].params, mesh,
+  frac = state_lib.assert_sufficiently_sharded(state.params, ex.state_shardings.params, mesh,
                                                float(t.sharding_tolerance))
-  step_fn = step_lib.jit_train_step(
-      step_lib.make_train_step(b["model"], b["tx"], b["schedule"], trainable=b["trainable"],
-                               grad_accum=int(t.grad_accum_steps), seed=int(t.seed),
-                               loss_positions=int(t.loss_positions)),
-      mesh, b["shardings"])
-
-  seq_len = int(config.data.max_length)
-  step_flops = flops_lib.train_step_flops(mc, int(t.global_batch_size), seq_len,
-                                          llm_trainable=llm_trains(b["abstract"].params, b["trainable"]),
-                                          head_positions=int(t.loss_positions))
+  step_fn = ex.step
+  padded = ex.padded_flops
   peak, peak_src = flops_lib.peak_flops_total(float(t.peak_flops_per_device))
   writer = metrics_lib.MetricsWriter(workdir)
   start = int(jax.device_get(state.step))
   if start == 0:
     writer.write_text("config", "```\n" + json.dumps(cfg_dict, indent=2) + "\n```")
-  logger.info("mesh %s, %d params (%.1f%% bytes replicated over fsdp/tensor), %.3g FLOPs/step "
-              "(vit %.3g, connector %.3g, llm %.3g), peak %.3g FLOP/s (%s)", dict(mesh.shape),
-              state_lib.param_count(state.params), 100 * frac, step_flops.total, step_flops.vit,
-              step_flops.connector, step_flops.llm, peak, peak_src)
-  throughput = metrics_lib.Throughput(step_flops.total, peak)
+  logger.info("mesh %s, %d params (%.1f%% bytes replicated over fsdp/tensor), %.3g padded "
+              "FLOPs/step (vit %.3g, connector %.3g, llm %.3g; MFU counts real tokens only), "
+              "peak %.3g FLOP/s (%s)", dict(mesh.shape), state_lib.param_count(state.params),
+              100 * frac, padded.total, padded.vit, padded.connector, padded.llm, peak, peak_src)
+  throughput = metrics_lib.Throughput(padded.total, peak)
+  real_window, real_total, steps_run = [], 0.0, 0
   watcher = ckpt_lib.PreemptionWatcher()
   bar = None
   if bool(t.progress_bar) and jax.process_index() == 0:
@@ -171,10 +174,14 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
 
   def handle(step: int, m) -> bool:
     """Reads step metrics; logs; returns False on a non-finite loss/grad norm."""
-    nonlocal last
+    nonlocal last, real_total, steps_run
     host = _host_metrics(m)
     last = {"step": step, **host}
     throughput.add(host["tokens"])
+    real = ex.real_flops(host).total
+    real_window.append(real)
+    real_total += real
+    steps_run += 1
     losses.append(host["loss"])
     if bool(t.nan_guard) and not host["finite"]:
       logger.error("non-finite loss %.4g / grad norm %.4g at step %d: halting; the last good "
@@ -191,7 +198,8 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
       scalars = {f"train/{k}": v for k, v in host.items() if k not in ("finite",)}
       scalars["train/loss_avg"] = float(np.mean(losses))
       losses.clear()
-      scalars.update(throughput.scalars())
+      scalars.update(real_flop_scalars(throughput.scalars(), real_window, padded.total, peak))
+      real_window.clear()
       scalars.update(metrics_lib.data_scalars(it.stats()))
       writer.write_scalars(step, scalars)
       if bar is not None:
@@ -207,7 +215,7 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
     if eval_tokenizer is None:
       from acformer_jax.data.tokenizer import load_tokenizer  # pylint: disable=import-outside-toplevel
       eval_tokenizer = load_tokenizer(tokenizer_dir(config))
-    res = evaluation.run(eval_task, model=b["model"], mc=mc, params=nn.unbox(state.params),
+    res = evaluation.run(eval_task, model=ex.model, mc=mc, params=nn.unbox(state.params),
                          mesh=mesh, tokenizer=eval_tokenizer, step=step, workdir=workdir)
     writer.write_scalars(step, evaluation.scalars(res))
     return res
@@ -267,7 +275,9 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
   summary = {"status": status, "step": int(last.get("step", start)), "last_metrics": last,
              "last_checkpoint": last_saved, "workdir": str(workdir),
              "export_dir": str(export_dir) if export_dir else None,
-             "flops_per_step": step_flops.total, "eval": last_eval}
+             "flops_per_step": real_total / max(steps_run, 1),  # real work, mean over the run
+             "padded_flops_per_step": padded.total, "data": _json_safe(it.stats()),
+             "eval": last_eval}
   if jax.process_index() == 0:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   return summary

@@ -5,7 +5,8 @@ contains the whole forward (frozen ViT, ``select_anchors`` via ``lax.top_k`` ins
 connector, connector, decoder), the masked next-token loss and the AdamW update. The batch
 is :mod:`acformer_jax.batch` (packed rows: ``segment_ids``, per-segment ``positions`` and
 ``image_mask`` go to the model; attention never crosses a segment). The metric ``tokens``
-counts real tokens (``segment_ids > 0``), ``images`` real images, ``samples`` segments.
+counts real tokens (``segment_ids > 0``), ``images`` real images, ``samples`` segments and
+``attention_pairs`` the real attention work (for the real-FLOP count of ``trainer/flops.py``).
 
 Loss: ``sum of token cross-entropies / number of supervised tokens of the GLOBAL batch``
 (labels shift by one; ``-100`` ignored). This is the global token mean, not LLaVA's average
@@ -46,6 +47,14 @@ def _microbatches(batch: Mapping[str, jax.Array], n: int) -> Dict[str, jax.Array
   specs = batch_lib.partition_specs()
   return {k: jax.lax.with_sharding_constraint(split(v), PartitionSpec(None, *specs[k]))
           for k, v in batch.items()}
+
+
+def attention_pairs(segment_ids: jax.Array) -> jax.Array:
+  """Sum over the samples of every row of ``L^2`` (``L`` = the sample's real tokens), float32:
+  the attention work of the real tokens (``trainer/flops.real_step_flops``)."""
+  t = segment_ids.shape[1]
+  counts = jax.vmap(lambda s: jnp.bincount(s, length=t + 1))(segment_ids)[:, 1:]
+  return jnp.sum(jnp.square(counts.astype(jnp.float32)))
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: Callable, *,
@@ -119,6 +128,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         "tokens": jnp.sum(batch["segment_ids"] > 0, dtype=jnp.int32),  # real tokens
         "images": jnp.sum(batch["image_mask"], dtype=jnp.int32),      # real images
         "samples": jnp.sum(jnp.max(batch["segment_ids"], axis=1), dtype=jnp.int32),
+        "attention_pairs": attention_pairs(batch["segment_ids"]),
         "token_accuracy": correct.astype(jnp.float32) / denom,
         "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
     }

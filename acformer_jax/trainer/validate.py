@@ -9,10 +9,10 @@ trainable patterns and the init sources.
 from __future__ import annotations
 
 import logging
-import math
 from typing import List, Optional, Sequence
 
 from acformer_jax import config as config_lib
+from acformer_jax import sharding as sharding_lib
 from acformer_jax.models.layers import REMAT_POLICIES
 from acformer_jax.trainer import experiment
 
@@ -25,34 +25,14 @@ class ConfigError(ValueError):
 
 def resolve_mesh_shape(shape: Sequence[int], dcn_shape: Sequence[int], num_devices: int,
                        errors: List[str]) -> Optional[tuple]:
-  """The full ``(data, fsdp, tensor)`` sizes (ICI x DCN) with -1 resolved, or None."""
-  shape, dcn = list(shape), list(dcn_shape)
-  if len(shape) != 3 or len(dcn) != 3:
-    errors.append(f"mesh.shape={tuple(shape)} and mesh.dcn_shape={tuple(dcn)} must have 3 entries "
-                  "(data, fsdp, tensor)")
+  """The full ``(data, fsdp, tensor)`` sizes (ICI x DCN) with -1 resolved
+  (``sharding.resolve_mesh_shape``), or None with the problem appended to ``errors``."""
+  try:
+    ici, dcn = sharding_lib.resolve_mesh_shape(shape, dcn_shape, num_devices)
+  except ValueError as e:
+    errors.append(str(e))
     return None
-  if any(s == 0 or s < -1 for s in shape) or shape.count(-1) > 1 or any(s < 1 for s in dcn):
-    errors.append(f"mesh.shape={tuple(shape)}: sizes must be >= 1 with at most one -1; "
-                  f"mesh.dcn_shape={tuple(dcn)} must be >= 1")
-    return None
-  slices = math.prod(dcn)
-  if num_devices % slices:
-    errors.append(f"mesh.dcn_shape={tuple(dcn)} needs the {num_devices} devices to split into "
-                  f"{slices} equal slices")
-    return None
-  per_slice = num_devices // slices
-  known = math.prod(s for s in shape if s != -1)
-  if -1 in shape:
-    if per_slice % known:
-      errors.append(f"mesh.shape={tuple(shape)}: {per_slice} devices per slice are not divisible "
-                    f"by {known}")
-      return None
-    shape[shape.index(-1)] = per_slice // known
-  if math.prod(shape) != per_slice:
-    errors.append(f"mesh.shape={tuple(shape)} x dcn_shape={tuple(dcn)} needs "
-                  f"{math.prod(shape) * slices} devices, but {num_devices} are available")
-    return None
-  return tuple(a * b for a, b in zip(shape, dcn))
+  return tuple(a * b for a, b in zip(ici, dcn))
 
 
 def _check_model(mc: config_lib.ModelConfig, errors: List[str]) -> None:

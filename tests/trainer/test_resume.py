@@ -24,7 +24,7 @@ def _final(workdir, config):
   """The newest checkpoint of a run, restored on the run's own mesh, on the host."""
   b = loop.build(config)
   got = ckpt_lib.CheckpointStore(pathlib.Path(workdir) / "checkpoints", save_every=EVERY,
-                                 keep=10).restore_latest(b["abstract"])
+                                 keep=10).restore_latest(b.abstract_state)
   return got.step, jax.device_get(got.state), got.data_state
 
 
@@ -127,6 +127,6 @@ def test_sigterm_saves_now_and_stops(demo, tmp_path):
   assert signal.getsignal(signal.SIGTERM) is previous  # handler restored
   assert summary["status"] == "preempted" and summary["last_checkpoint"] == 2
   got = ckpt_lib.CheckpointStore(tmp_path / "term" / "checkpoints", save_every=100,
-                                 keep=10).restore_latest(loop.build(config)["abstract"])
+                                 keep=10).restore_latest(loop.build(config).abstract_state)
   assert got.step == 2 and int(got.state.step) == 2
   assert ckpt_lib.data_state_for_this_process(got.data_state)["batches"] == 2
