@@ -126,6 +126,19 @@ def topology_mesh(config, topology: str, num_slices: Optional[int] = None):
   return mesh, topo, slices, hosts
 
 
+def experiment_on(config, mesh, hosts: int = 1):
+  """The trainer's own builder (``trainer/builder.py``) on ``mesh`` with the trainer's
+  start-up sharding check. No parameters are read, so the init sources (checkpoint paths)
+  are not required here. ``.lower()`` of the result is what :func:`compile_for_topology`
+  compiles."""
+  from acformer_jax.trainer import builder  # pylint: disable=import-outside-toplevel
+  from acformer_jax.trainer import state as state_lib  # pylint: disable=import-outside-toplevel
+  ex = builder.build_experiment(config, mesh, process_count=hosts, random_init_ok=True)
+  state_lib.assert_sufficiently_sharded(ex.abstract_state.params, ex.state_shardings.params, mesh,
+                                        float(ex.config.train.sharding_tolerance))
+  return ex
+
+
 def compile_for_topology(config, topology: str, *, num_slices: Optional[int] = None,
                          step_time_s: Optional[float] = None) -> AotResult:
   """Lowers and compiles the trainer's jitted train step for ``topology`` (nothing is allocated).
@@ -135,21 +148,16 @@ def compile_for_topology(config, topology: str, *, num_slices: Optional[int] = N
   """
   import jax  # pylint: disable=import-outside-toplevel
   from acformer_jax import aot_lib  # pylint: disable=import-outside-toplevel
-  from acformer_jax.trainer import builder, optim  # pylint: disable=import-outside-toplevel
-  from acformer_jax.trainer import state as state_lib  # pylint: disable=import-outside-toplevel
+  from acformer_jax.trainer import optim  # pylint: disable=import-outside-toplevel
 
   jax.config.update("jax_threefry_partitionable", True)  # as acformer_jax.train does
   mesh, topo, slices, hosts = topology_mesh(config, topology, num_slices)
-  # The trainer's own builder on the topology's devices and hosts. No parameters are read,
-  # so the init sources (checkpoint paths) are not required here.
-  ex = builder.build_experiment(config, mesh, process_count=hosts, random_init_ok=True)
+  ex = experiment_on(config, mesh, hosts)
   t = ex.config.train
-  state_lib.assert_sufficiently_sharded(ex.abstract_state.params, ex.state_shardings.params, mesh,
-                                        float(t.sharding_tolerance))
   train_params, _ = optim.split_params(ex.abstract_state.params, ex.trainable)
   f = ex.padded_flops
 
-  class _Lowerable:  # compile_report calls .lower(state, batch)
+  class _Lowerable:  # compile_report calls .lower(batch)
     lower = staticmethod(ex.lower)
 
   report = aot_lib.compile_report(_Lowerable(), (ex.abstract_batch(),), chip=topo.chip,

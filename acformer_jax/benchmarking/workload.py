@@ -127,6 +127,7 @@ class StepBundle:
   seq_len: int
   compile_s: float
   batch_np: Dict[str, np.ndarray]
+  lowered: Any = None            # what was compiled (jax.stages.Lowered)
 
   @property
   def config(self) -> config_lib.ModelConfig:
@@ -143,9 +144,11 @@ def one_device_mesh():
   return sharding_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
 
 
-def build(cfg) -> builder.Experiment:
-  """The trainer's experiment (``trainer/builder.py``) for ``cfg`` on one device."""
-  return builder.build_experiment(cfg, one_device_mesh(), process_count=1, random_init_ok=True)
+def build(cfg, mesh=None) -> builder.Experiment:
+  """The trainer's experiment (``trainer/builder.py``) for ``cfg`` on ``mesh`` (default: one
+  device)."""
+  return builder.build_experiment(cfg, mesh if mesh is not None else one_device_mesh(),
+                                  process_count=1, random_init_ok=True)
 
 
 def random_params(abstract: Any, seed: int = 0, std: float = 0.02) -> Any:
@@ -167,7 +170,7 @@ def random_params(abstract: Any, seed: int = 0, std: float = 0.02) -> Any:
 
 
 def build_step(cfg, batch_np: Dict[str, np.ndarray], *, shared: Optional[Dict[str, Any]] = None,
-               params: Any = None, seed: int = 0) -> StepBundle:
+               params: Any = None, seed: int = 0, mesh=None) -> StepBundle:
   """Initialises a state on one device and AOT-compiles the trainer's step for ``cfg``.
 
   ``batch_np`` must have ``cfg``'s global batch shape. ``shared``: params subtrees (e.g.
@@ -175,7 +178,7 @@ def build_step(cfg, batch_np: Dict[str, np.ndarray], *, shared: Optional[Dict[st
   same towers. ``params``: the whole (unboxed) tree to start from instead of a random init
   (copied: the state is donated).
   """
-  ex = build(cfg)
+  ex = build(cfg, mesh)
   got = batch_lib.check(batch_np)
   if got != ex.batch_shape:
     raise ValueError(f"bench batch {got} does not match the config's {ex.batch_shape}")
@@ -192,8 +195,10 @@ def build_step(cfg, batch_np: Dict[str, np.ndarray], *, shared: Optional[Dict[st
     st = st.replace(params=params)
   batch = batch_lib.to_device(batch_np, ex.mesh)
   t = time.perf_counter()
-  compiled = ex.lower().compile()
-  return StepBundle(ex, compiled, st, batch, got.length, time.perf_counter() - t, batch_np)
+  lowered = ex.lower()
+  compiled = lowered.compile()
+  return StepBundle(ex, compiled, st, batch, got.length, time.perf_counter() - t, batch_np,
+                    lowered)
 
 
 def model_config(cfg) -> config_lib.ModelConfig:
