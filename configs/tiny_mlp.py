@@ -16,17 +16,24 @@ def get_config(arg: str = "stage1"):
     experiment.stage1(c)
     experiment.tiny(c, "mlp2x_gelu")
     c.data.builder = "acformer_demo/caption_56"
-    c.data.max_length = 128
+    # Captions with 64 visual tokens: 74-102 tokens; 8 rows of 384 hold ~32 samples per step.
+    c.data.max_length = 384
+    c.data.max_images_per_row = 4
+    c.train.global_batch_size = 8
     c.train.steps = 150
   else:
     experiment.stage2(c)
     experiment.tiny(c, "mlp2x_gelu")
     c.data.builder = "acformer_demo/qa_56"
-    c.data.max_length = 176
+    # QA with 64 visual tokens: 167-202 tokens untruncated; 16 rows of 512 (3 image slots)
+    # hold ~35 samples per step.
+    c.data.max_length = 512
+    c.data.max_images_per_row = 3
+    c.train.global_batch_size = 16
     c.data.group_by_length = False
     c.train.steps = 300
     c.init.allow_random = False
     c.eval.update(benchmark="demo", num_questions=500, batch_size=50)  # as tiny_acformer_stage2
-  c.train.global_batch_size = 32
+  c.data.packing = True
   c.train.optimizer.lr = 1e-3
   return c

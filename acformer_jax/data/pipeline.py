@@ -5,10 +5,14 @@ data). Each host reads its own shard (:mod:`acformer_jax.data.sampler`) of a ran
 tfds data source, turns records into tokens + pixels (bad samples are skipped and counted by
 reason), packs fixed-shape batches of ``global_batch / process_count`` rows and prefetches them
 on a background thread. Epochs chain without a break (so all hosts always have data).
+Rows are filled by :mod:`acformer_jax.data.packing` (several samples per row with
+``data.packing``, else one) in the :mod:`acformer_jax.batch` format.
 
 :meth:`DataIterator.get_state` is a small JSON-serialisable dict (epoch, position in the host
-shard, counters) describing the point *after the last batch returned*; a fresh iterator given
-that state with :meth:`DataIterator.set_state` yields exactly the batches that would have come next.
+shard, the record indices of the samples the packer carries over, counters) describing the
+point *after the last batch returned*; a fresh iterator given that state with
+:meth:`DataIterator.set_state` re-processes the carried records (processing is
+deterministic) and yields exactly the batches that would have come next.
 """
 from __future__ import annotations
 
@@ -23,11 +27,14 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from acformer_jax import batch as batch_lib
+from acformer_jax.data import packing as packing_lib
 from acformer_jax.data import sampler
+from acformer_jax.data.packing import PackSpec, collate  # noqa: F401  (collate: the batch builder)
 from acformer_jax.data.preprocess import preprocess_image
 from acformer_jax.data.templates import IGNORE_INDEX, SampleError, tokenize_conversation
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 _END = object()
 
 
@@ -82,31 +89,6 @@ def process_record(record: Mapping[str, Any], spec: SampleSpec, encoder) -> Dict
           "has_image": has_image, "truncated": tok.truncated}
 
 
-def collate(rows: Sequence[Mapping[str, Any]], batch_size: int, spec: SampleSpec, pad_id: int,
-            indices: Optional[Sequence[int]] = None) -> Dict[str, np.ndarray]:
-  """Fixed-shape batch (design.md "Batches"); missing rows are padding (mask 0, labels -100)."""
-  s, t = spec.image_size, spec.max_length
-  out = {"images": np.zeros((batch_size, s, s, 3), np.float32),
-         "input_ids": np.full((batch_size, t), pad_id, np.int32),
-         "labels": np.full((batch_size, t), IGNORE_INDEX, np.int32),
-         "attention_mask": np.zeros((batch_size, t), np.int32),
-         "positions": np.zeros((batch_size, t), np.int32),
-         "has_image": np.zeros((batch_size,), bool)}
-  for b, row in enumerate(rows):
-    n = len(row["input_ids"])
-    out["input_ids"][b, :n] = row["input_ids"]
-    out["labels"][b, :n] = row["labels"]
-    out["attention_mask"][b, :n] = 1
-    out["positions"][b, :n] = np.arange(n, dtype=np.int32)
-    if row["image"] is not None:
-      out["images"][b] = row["image"]
-      out["has_image"][b] = True
-  if indices is not None:
-    out["sample_index"] = np.full((batch_size,), -1, np.int64)
-    out["sample_index"][:len(indices)] = indices
-  return out
-
-
 class DataIterator:
   """Iterator of host-local batches with exact resume (see the module docstring)."""
 
@@ -114,7 +96,8 @@ class DataIterator:
                process_count: int = 1, seed: int = 0, shuffle: bool = True,
                lengths: Optional[Sequence[int]] = None, num_epochs: Optional[int] = None,
                drop_remainder: bool = True, prefetch: int = 2, num_workers: int = 2,
-               with_index: bool = False, build_skipped: Optional[Mapping[str, int]] = None):
+               with_index: bool = False, build_skipped: Optional[Mapping[str, int]] = None,
+               packing: Optional[PackSpec] = None):
     if global_batch % process_count:
       raise ValueError(f"global_batch {global_batch} must be divisible by process_count {process_count}")
     self._source, self._spec, self._encoder = source, spec, encoder
@@ -127,11 +110,20 @@ class DataIterator:
     self._num_epochs, self._drop = num_epochs, drop_remainder
     self._prefetch, self._workers, self._with_index = max(1, prefetch), num_workers, with_index
     self.build_skipped = dict(build_skipped or {})
+    self._pack = packing or PackSpec(spec.max_length, 1, 0, one_per_row=True)
+    if self._pack.max_length != spec.max_length:
+      raise ValueError(f"packing.max_length {self._pack.max_length} != spec.max_length {spec.max_length}")
+    self._shape = batch_lib.BatchShape(rows=self._local, length=spec.max_length,
+                                       images_per_row=self._pack.max_images, image_size=spec.image_size)
     self._fingerprint = {"num_records": self._num, "seed": self._seed, "process_index": process_index,
                          "process_count": process_count, "global_batch": global_batch,
-                         "shuffle": bool(shuffle), "group_by_length": lengths is not None}
-    self._state = {"version": STATE_VERSION, "epoch": 0, "position": 0, "batches": 0, "samples": 0,
-                   "truncated": 0, "skipped": {}, "fingerprint": dict(self._fingerprint)}
+                         "shuffle": bool(shuffle), "group_by_length": lengths is not None,
+                         "packing": [not self._pack.one_per_row, self._pack.max_length,
+                                     self._pack.max_images, self._pack.lookahead]}
+    zero = {"tokens": 0, "token_slots": 0, "images": 0, "image_slots": 0}
+    self._state = {"version": STATE_VERSION, "epoch": 0, "position": 0, "carried": [], "batches": 0,
+                   "samples": 0, "truncated": 0, "skipped": {}, "packed": dict(zero),
+                   "last_packed": dict(zero), "fingerprint": dict(self._fingerprint)}
     self._thread = self._queue = self._stop = None
     self._shard_cache = (None, None)
 
@@ -154,11 +146,22 @@ class DataIterator:
     self._state = copy.deepcopy(dict(state))
 
   def stats(self) -> Dict[str, Any]:
-    """Counters for the training log: skips by reason (pipeline and build time), truncations."""
-    skipped = dict(self._state["skipped"])
-    return {"skipped": skipped, "skipped_total": sum(skipped.values()), "truncated": self._state["truncated"],
-            "samples": self._state["samples"], "batches": self._state["batches"],
-            "epoch": self._state["epoch"], "build_skipped": dict(self.build_skipped)}
+    """Counters for the training log: skips by reason (pipeline and build time), truncations,
+    packing efficiency (real tokens / token slots, real images / image slots; cumulative and
+    of the last batch; ``samples_per_row`` of the last batch)."""
+    st = self._state
+    skipped = dict(st["skipped"])
+    ratio = lambda a, b: a / b if b else 0.0  # noqa: E731
+    tot, last = st["packed"], st["last_packed"]
+    return {"skipped": skipped, "skipped_total": sum(skipped.values()), "truncated": st["truncated"],
+            "samples": st["samples"], "batches": st["batches"],
+            "epoch": st["epoch"], "build_skipped": dict(self.build_skipped),
+            "carried": len(st["carried"]),
+            "token_efficiency": ratio(tot["tokens"], tot["token_slots"]),
+            "image_efficiency": ratio(tot["images"], tot["image_slots"]),
+            "last_token_efficiency": ratio(last["tokens"], last["token_slots"]),
+            "last_image_efficiency": ratio(last["images"], last["image_slots"]),
+            "last_samples_per_row": ratio(last.get("samples", 0), self._local)}
 
   # -- iteration ---------------------------------------------------------------------------
   def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
@@ -247,39 +250,74 @@ class DataIterator:
         head, fut = pending.popleft()
         yield head, fut.result()
 
+  def _stream(self, state: Dict[str, Any]):
+    """Good ``(record index, sample)`` pairs after ``state``'s position; updates ``state``
+    (position, skips, truncations) as each one is handed out."""
+    run = {"epoch": state["epoch"], "good": 0, "skipped": 0}  # guards against all-bad data
+    for (epoch, pos, idx, _), result in self._results(self._candidates(state["epoch"], state["position"])):
+      if self._stop.is_set():
+        return
+      if epoch != run["epoch"]:
+        if run["good"] == 0 and run["skipped"] >= len(self._shard(run["epoch"])):
+          raise RuntimeError(f"every sample of epoch {run['epoch']} on this host was skipped: "
+                             f"{state['skipped']} (check data.max_length / template / data paths)")
+        run = {"epoch": epoch, "good": 0, "skipped": 0}
+      state["epoch"], state["position"] = epoch, pos + 1
+      if isinstance(result, SampleError):
+        state["skipped"][result.reason] = state["skipped"].get(result.reason, 0) + 1
+        run["skipped"] += 1
+        continue
+      run["good"] += 1
+      state["truncated"] += int(result["truncated"])
+      yield idx, result
+
+  def _restore_carried(self, carried: Sequence[int]) -> List[Any]:
+    """Re-processes the records the packer carried over (deterministic: same samples)."""
+    out = []
+    for idx in carried:
+      result = self._work((None, None, idx, self._source[int(idx)]))
+      if isinstance(result, SampleError):
+        raise RuntimeError(f"carried-over record {idx} failed on re-processing ({result}); the "
+                           "iterator state does not match this data source")
+      out.append((int(idx), result))
+    return out
+
+  def _emit(self, rows, state: Dict[str, Any]) -> bool:
+    samples = [[s for _, s in row] for row in rows]
+    idxs = [[i for i, _ in row] for row in rows] if self._with_index else None
+    batch = collate(samples, self._shape, self._encoder.pad_id, idxs)
+    eff = packing_lib.efficiency(batch)
+    eff["samples"] = sum(len(r) for r in rows)
+    state["batches"] += 1
+    state["samples"] += eff["samples"]
+    state["last_packed"] = eff
+    for k in state["packed"]:
+      state["packed"][k] += eff[k]
+    return self._put((batch, copy.deepcopy(state)))
+
   def _produce(self, state: Dict[str, Any]) -> None:
     try:
-      rows, idxs = [], []
-      run = {"epoch": state["epoch"], "good": 0, "skipped": 0}  # guards against all-bad data
-      for (epoch, pos, idx, _), result in self._results(self._candidates(state["epoch"], state["position"])):
+      carried = self._restore_carried(state["carried"])
+      stream = self._stream(state)
+      while True:
+        rows, carried, exhausted = packing_lib.pack_batch(carried, stream, self._local, self._pack,
+                                                          sample_of=lambda item: item[1])
         if self._stop.is_set():
           return
-        if epoch != run["epoch"]:
-          if run["good"] == 0 and run["skipped"] >= len(self._shard(run["epoch"])):
-            raise RuntimeError(f"every sample of epoch {run['epoch']} on this host was skipped: "
-                               f"{state['skipped']} (check data.max_length / template / data paths)")
-          run = {"epoch": epoch, "good": 0, "skipped": 0}
-        state["epoch"], state["position"] = epoch, pos + 1
-        if isinstance(result, SampleError):
-          state["skipped"][result.reason] = state["skipped"].get(result.reason, 0) + 1
-          run["skipped"] += 1
-          continue
-        run["good"] += 1
-        rows.append(result)
-        idxs.append(idx)
-        state["samples"] += 1
-        state["truncated"] += int(result["truncated"])
-        if len(rows) == self._local:
-          state["batches"] += 1
-          batch = collate(rows, self._local, self._spec, self._encoder.pad_id, idxs if self._with_index else None)
-          if not self._put((batch, copy.deepcopy(state))):
+        state["carried"] = [i for i, _ in carried]
+        if not exhausted:
+          if not self._emit(rows, state):
             return
-          rows, idxs = [], []
-      if rows and not self._drop:
-        state["batches"] += 1
-        batch = collate(rows, self._local, self._spec, self._encoder.pad_id, idxs if self._with_index else None)
-        if not self._put((batch, copy.deepcopy(state))):
-          return
+          continue
+        if self._drop:
+          break
+        while any(rows):  # the end of a finite run: pad out what is left
+          if not self._emit(rows, state):
+            return
+          rows, carried, _ = packing_lib.pack_batch(carried, iter(()), self._local, self._pack,
+                                                    sample_of=lambda item: item[1])
+          state["carried"] = [i for i, _ in carried]
+        break
       self._put(_END)
     except BaseException as e:  # surfaced to the consumer  # pylint: disable=broad-except
       self._put(e)

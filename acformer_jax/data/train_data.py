@@ -11,7 +11,7 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 
 from acformer_jax import config as model_config_lib
-from acformer_jax.data.pipeline import DataIterator, SampleSpec
+from acformer_jax.data.pipeline import DataIterator, PackSpec, SampleSpec
 from acformer_jax.data.templates import canonical_template
 from acformer_jax.data.tokenizer import load_encoder, make_encoder
 
@@ -26,6 +26,9 @@ _DEFAULTS: Dict[str, Any] = {
     "tokenizer_path": None,    # used when no tokenizer is passed (None = the offline LLaMA asset)
     "template": "vicuna_v1",   # plain (stage 1) | vicuna_v1 (stage 2)
     "max_length": 2048,        # T: tokens per row after image expansion (LLaVA model_max_length)
+    "packing": False,          # several samples per row (segment ids; docs/data.md "Packing")
+    "max_images_per_row": 1,   # M with packing: image slots per row (text-only samples take none)
+    "packing_lookahead": 64,   # samples the packer may hold back for later rows (carried over)
     "overlong": "truncate",    # truncate (LLaVA) | skip
     "global_batch_size": 128,
     "image_size": None,        # None = model_config.vision.image_size
@@ -110,7 +113,8 @@ def make_train_iterator(data_config, tokenizer, model_config, process_index: int
       ``image_token_id`` and the default image size.
     process_index / process_count: this host and the number of hosts (``jax.process_*``).
     seed: shuffle seed (``data_config.seed`` overrides it when set).
-    with_index: add ``sample_index`` (record index, -1 for padding rows) to each batch.
+    with_index: add ``sample_index`` (int64 ``[B, T]``: the record index of every token, -1 on
+      padding) to each batch.
 
   Returns:
     A :class:`DataIterator`; save ``it.get_state()`` in checkpoints, log ``it.stats()``.
@@ -128,6 +132,10 @@ def make_train_iterator(data_config, tokenizer, model_config, process_index: int
                     image_size=int(cfg["image_size"] or model_config.vision.image_size),
                     pad_to_square=bool(cfg["pad_to_square"]), num_visual_tokens=nv,
                     image_token_id=model_config.image_token_id, overlong=cfg["overlong"])
+  if cfg["packing"]:
+    pack = PackSpec(spec.max_length, int(cfg["max_images_per_row"]), int(cfg["packing_lookahead"]))
+  else:
+    pack = PackSpec(spec.max_length, 1, 0, one_per_row=True)
   lengths = signed_lengths(source) if cfg["group_by_length"] else None
   build_skipped = dict(builder.info.metadata.get("build_skipped", {}) or {})
   return DataIterator(
@@ -136,4 +144,4 @@ def make_train_iterator(data_config, tokenizer, model_config, process_index: int
       seed=int(cfg["seed"] if cfg["seed"] is not None else seed), shuffle=bool(cfg["shuffle"]),
       lengths=lengths, num_epochs=cfg["num_epochs"], drop_remainder=bool(cfg["drop_remainder"]),
       prefetch=int(cfg["prefetch"]), num_workers=int(cfg["num_workers"]), with_index=with_index,
-      build_skipped=build_skipped)
+      build_skipped=build_skipped, packing=pack)

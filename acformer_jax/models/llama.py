@@ -196,12 +196,15 @@ class LlamaModel(nn.Module):
     return constrain(self.embed_tokens(input_ids), _ACT)
 
   def __call__(self, inputs_embeds: jax.Array, positions: jax.Array, kv_mask: jax.Array,
-               cache: Optional[Cache] = None, cache_index=None, last_only: bool = False):
+               cache: Optional[Cache] = None, cache_index=None, last_only: bool = False,
+               segment_ids: Optional[jax.Array] = None):
     """Returns ``(logits [B,T,V] float32, new_cache)`` (``new_cache`` is None without a cache).
 
     ``last_only``: the LM head runs on the last position only (``[B,1,V]``): a prefill needs
     nothing else, and at a 32k vocabulary the head over every prompt position costs more
     than the decoder layers.
+    ``segment_ids``: int ``[B, T]`` of packed rows (training, no cache): key ``j`` is also
+    required to be in the query's segment (0 = padding, never visible).
     """
     b, t, _ = inputs_embeds.shape
     if self.is_initializing() and not self.config.tie_word_embeddings:
@@ -215,7 +218,12 @@ class LlamaModel(nn.Module):
     start = 0 if cache is None else cache_index
     q_slots = start + jnp.arange(t, dtype=jnp.int32)
     causal = jnp.arange(s, dtype=jnp.int32)[None, :] <= q_slots[:, None]
-    mask = (causal[None] & kv_mask.astype(bool)[:, None, :])[:, None, None]  # [B,1,1,T,S]
+    mask = causal[None] & kv_mask.astype(bool)[:, None, :]  # [B,T,S]
+    if segment_ids is not None:  # packed rows: attention stays inside each sample
+      if cache is not None:
+        raise ValueError("segment_ids is for packed training rows; it cannot be used with a cache")
+      mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
+    mask = mask[:, None, None]  # [B,1,1,T,S]
     cos, sin = rope_cos_sin(positions, rope_inv_freq(self.config))
     x = constrain(inputs_embeds.astype(to_dtype(self.dtype)), _ACT)
     (x, new_cache, _), _ = self.layers((x, cache, jnp.int32(0)), cos, sin, mask, start)

@@ -7,6 +7,12 @@ sentinel splice produces after padding (spec 2.6). Rows without image tokens are
 text-only: their image is encoded (the graph keeps one shape) but never used. The ViT
 output is wrapped in ``stop_gradient``: the tower is frozen in both stages (spec 1.2).
 
+Packed rows (``acformer_jax/batch.py``): ``images [B, M, S, S, 3]`` hold up to ``M`` images
+per row; the ``B*M`` images are encoded as one batch and image slot ``m``'s tokens fill the
+``m``-th group of ``Nv`` image-token slots of its row. Unused (padding) slots come after the
+real ones, so their tokens are never read; ``image_mask`` zeroes them as well. With
+``segment_ids`` the decoder attends causally inside each sample only (``LlamaModel``).
+
 Parameters: ``vision/`` (``VisionTransformer``), ``connector/`` (``Connector``),
 ``llm/`` (``LlamaModel``); see docs/design.md.
 """
@@ -65,33 +71,47 @@ class MultimodalLM(nn.Module):
     return jnp.where(is_image[..., None], placed, text)
 
   def decode(self, embeds: jax.Array, positions: jax.Array, kv_mask: jax.Array,
-             cache=None, cache_index=None, last_only: bool = False):
+             cache=None, cache_index=None, last_only: bool = False, segment_ids=None):
     """The decoder on embeddings: ``(logits [B,T,V] float32, new_cache)`` (``[B,1,V]`` with
     ``last_only``)."""
     return self.llm(embeds, positions, kv_mask, cache=cache, cache_index=cache_index,
-                    last_only=last_only)
+                    last_only=last_only, segment_ids=segment_ids)
 
   def __call__(self, images: jax.Array, input_ids: jax.Array,
                attention_mask: Optional[jax.Array] = None,
                positions: Optional[jax.Array] = None,
+               segment_ids: Optional[jax.Array] = None,
+               image_mask: Optional[jax.Array] = None,
                rng: Optional[jax.Array] = None) -> jax.Array:
     """Teacher-forced logits ``[B, T, V]`` (float32).
 
     Args:
-      images: float32 ``[B, S, S, 3]``, CLIP-normalised.
+      images: float32 ``[B, M, S, S, 3]`` (or ``[B, S, S, 3]`` = one slot), CLIP-normalised.
       input_ids: int ``[B, T]`` with the image slots already expanded.
-      attention_mask: ``[B, T]``, 1 = real token (default: all real).
+      attention_mask: ``[B, T]``, 1 = real token (default: ``segment_ids > 0``, else all real).
       positions: RoPE positions ``[B, T]`` (default: ``0..len-1`` over real tokens).
+      segment_ids: int ``[B, T]`` of packed rows (0 = padding, 1..n = samples); attention
+        never crosses a segment. None: one sample per row (inference).
+      image_mask: bool ``[B, M]``, True = a real image in that slot (default: all real).
       rng: PRNG key for connectors that need one (``random_pr``).
     """
-    if input_ids.ndim != 2 or images.ndim != 4 or images.shape[0] != input_ids.shape[0]:
-      raise ValueError(f"MultimodalLM expects images [B,S,S,3] and input_ids [B,T] with the "
-                       f"same B; got {images.shape} and {input_ids.shape}")
+    if images.ndim == 4:
+      images = images[:, None]
+    if input_ids.ndim != 2 or images.ndim != 5 or images.shape[0] != input_ids.shape[0]:
+      raise ValueError(f"MultimodalLM expects images [B,M,S,S,3] (or [B,S,S,3]) and input_ids "
+                       f"[B,T] with the same B; got {images.shape} and {input_ids.shape}")
+    b, m = images.shape[:2]
     if attention_mask is None:
-      attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+      attention_mask = (jnp.ones(input_ids.shape, jnp.int32) if segment_ids is None
+                        else (segment_ids > 0).astype(jnp.int32))
     if positions is None:
       positions = default_positions(attention_mask)
-    visual = self.encode_images(images, rng=rng)
+    visual = self.encode_images(images.reshape((b * m,) + images.shape[2:]), rng=rng)
+    visual = visual.reshape(b, m, *visual.shape[1:])
+    if image_mask is not None:  # padding slots: zeros (they are never placed anyway)
+      visual = jnp.where(image_mask.astype(bool)[:, :, None, None], visual, 0)
+    visual = visual.reshape(b, m * visual.shape[2], visual.shape[3])
     embeds = self.embed(input_ids, visual)
-    logits, _ = self.decode(embeds, positions.astype(jnp.int32), attention_mask.astype(bool))
+    logits, _ = self.decode(embeds, positions.astype(jnp.int32), attention_mask.astype(bool),
+                            segment_ids=segment_ids)
     return logits
