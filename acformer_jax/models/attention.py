@@ -241,7 +241,12 @@ def splash_attention(q, k, v, *, causal, q_segment_ids=None, kv_segment_ids=None
     kernel = _splash_kernel(q.shape[1], t, causal=causal, sliding_window=sliding_window,
                             soft_cap=logits_soft_cap, interpret=interpret)
     fn = lambda q1, k1, v1, qs, ks: kernel(q1, k1, v1, segment_ids=sa.SegmentIds(qs, ks))
-    return jax.vmap(fn)(q, k, v, q_seg, kv_seg)
+    # Mosaic rejects an fp32 contract precision on bf16 operands. This covers the forward;
+    # the backward kernels are traced later, so keep a global
+    # jax_default_matmul_precision="highest" off when training bf16 with splash.
+    precision = "highest" if q.dtype == jnp.float32 else "default"
+    with jax.default_matmul_precision(precision):
+      return jax.vmap(fn)(q, k, v, q_seg, kv_seg)
 
   mesh = jax.sharding.get_abstract_mesh()
   if mesh is None or mesh.empty:
