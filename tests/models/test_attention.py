@@ -175,3 +175,45 @@ def test_splash_lowers_for_a_tpu_topology():
     text = lowered.as_text()
     compiled = lowered.compile()
   assert "tpu_custom_call" in text or "tpu_custom_call" in compiled.as_text()
+
+
+def test_llama_with_splash_matches_xla_packed_and_decode():
+  """The decoder's attention call: splash (interpreted) == xla on packed rows; a cached
+  decode with impl=splash runs (through xla) and matches the teacher-forced logits."""
+  from acformer_jax.config import LLMConfig
+  from acformer_jax.models import llama
+  cfg = LLMConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_layers=2,
+                  num_heads=4, num_kv_heads=2, max_position_embeddings=256)
+  b, t = 2, 128
+  seg = packed_segments(b, t, 3)
+  pos = jnp.asarray(np.concatenate([np.r_[np.arange(c), np.zeros(t - c)][None]
+                                    for c in (t, t)]).astype(np.int32))
+  emb = rand((b, t, 64), 5)
+  xla_model = llama.LlamaModel(cfg, attention="xla")
+  params = xla_model.init(jax.random.key(0), emb[:, :4], pos[:, :4], jnp.ones((b, 4), bool))["params"]
+  kv = jnp.ones((b, t), bool)
+  run = lambda impl: jax.jit(lambda e: llama.LlamaModel(cfg, attention=impl).apply(
+      {"params": params}, e, pos, kv, segment_ids=seg)[0])(emb)
+  a, x = np.asarray(run("splash_interpret")), np.asarray(run("xla"))
+  real = np.asarray(seg) > 0
+  np.testing.assert_allclose(a[real], x[real], atol=1e-5, rtol=1e-5)
+  # Decode: prefill 6 tokens, then 2 steps, with the splash setting; compare with a full pass.
+  m = llama.LlamaModel(cfg, attention="splash_interpret")
+  e8, p8 = emb[:, :8], jnp.broadcast_to(jnp.arange(8, dtype=jnp.int32), (b, 8))
+  full = np.asarray(m.apply({"params": params}, e8, p8, jnp.ones((b, 8), bool))[0])
+  cache = llama.init_cache(cfg, b, 16)
+  kvm = jnp.asarray(np.arange(16)[None] < 8).repeat(b, 0)
+  logits, cache = m.apply({"params": params}, e8[:, :6], p8[:, :6], kvm, cache=cache, cache_index=0)
+  steps = [np.asarray(logits)]
+  for i in (6, 7):
+    logits, cache = m.apply({"params": params}, e8[:, i:i + 1], p8[:, i:i + 1], kvm, cache=cache,
+                            cache_index=jnp.int32(i))
+    steps.append(np.asarray(logits))
+  np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_model_config_attention_reaches_every_tower():
+  from acformer_jax.config import ModelConfig
+  from acformer_jax.models import layers
+  assert layers.tower_options(ModelConfig(attention="splash"))["attention"] == "splash"
+  assert ModelConfig().attention == "xla"
