@@ -99,7 +99,8 @@ class ModelConfig:
   dtype: str = "float32"        # compute dtype
   param_dtype: str = "float32"  # master weights
   scan_layers: bool = True      # False unrolls the layer scan (same parameter layout)
-  remat_policy: str = "none"    # none | full | minimal | dots (see models/llama.py)
+  remat_policy: str = "none"    # see models/layers.py REMAT_POLICIES
+  attention: str = "xla"        # xla | cudnn | splash | auto (see models/attention.py)
 
 
 def _freeze(v):

@@ -129,7 +129,7 @@ class Connector(nn.Module):
     def resampler(queries, num_latents=None):
       mod = Resampler(depth=c.depth, heads=c.heads, dim_head=c.dim_head, ff_mult=c.ff_mult,
                       num_latents=num_latents, scan=cfg.scan_layers, dtype=dtype,
-                      param_dtype=pdtype, name="resampler")
+                      param_dtype=pdtype, attention=cfg.attention, name="resampler")
       return mod(features, queries)
 
     if kind in ("linear", "mlp2x_gelu"):

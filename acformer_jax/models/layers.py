@@ -37,7 +37,8 @@ def tower_options(model_config) -> dict:
   Usage: ``LlamaModel(mc.llm, **tower_options(mc))``.
   """
   return dict(dtype=model_config.dtype, param_dtype=model_config.param_dtype,
-              scan_layers=model_config.scan_layers, remat_policy=model_config.remat_policy)
+              scan_layers=model_config.scan_layers, remat_policy=model_config.remat_policy,
+              attention=model_config.attention)
 
 
 def partitioned(init: Callable, axes: Axes) -> Callable:

@@ -23,6 +23,7 @@ import numpy as np
 from jax.sharding import PartitionSpec
 
 from acformer_jax.config import LLMConfig
+from acformer_jax.models.attention import attention as attend
 from acformer_jax.models.layers import (DEFAULT_KERNEL_INIT, DType, RMSNorm, constrain, dense,
                                         partitioned, stacked, to_dtype)
 
@@ -88,11 +89,13 @@ class LlamaAttention(nn.Module):
   config: LLMConfig
   dtype: DType = "float32"
   param_dtype: DType = "float32"
+  attention: str = "xla"
 
   @nn.compact
   def __call__(self, x, cos, sin, mask, cache_index, cache, layer):
     """``cache``: the stacked ``[layers, B, kv_heads, S_max, head_dim]`` cache (or None);
-    ``layer``: this layer's index in it. Returns ``(out, updated cache)``."""
+    ``layer``: this layer's index in it; ``mask``: the masking keyword arguments of
+    ``attention.attention`` (dict). Returns ``(out, updated cache)``."""
     cfg = self.config
     h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
     kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -103,9 +106,9 @@ class LlamaAttention(nn.Module):
     q = constrain(apply_rope(q, cos, sin), ("activation_batch", "activation_length", "activation_heads", None))
     k = constrain(apply_rope(k, cos, sin), ("activation_batch", "activation_length", "activation_kv_heads", None))
     v = constrain(v, ("activation_batch", "activation_length", "activation_kv_heads", None))
-    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, kv_heads, T, head_dim]
     new_cache = None
     if cache is not None:
+      k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, kv_heads, T, head_dim]
       # The whole stacked cache is updated at (layer, :, cache_index) and this layer's slice
       # read back: XLA updates the loop-carried buffer in place (no per-step cache copy).
       start = (layer, 0, 0, cache_index, 0)
@@ -113,11 +116,8 @@ class LlamaAttention(nn.Module):
                    for n, new in (("k", k), ("v", v))}
       k, v = (jax.lax.dynamic_index_in_dim(new_cache[n], layer, keepdims=False).astype(q.dtype)
               for n in ("k", "v"))
-    q = q.reshape(b, t, kvh, h // kvh, hd)
-    scores = jnp.einsum("btkgd,bksd->bkgts", q, k).astype(jnp.float32) * hd ** -0.5
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("bkgts,bksd->btkgd", probs, v).reshape(b, t, h * hd)
+    out = attend(q, k, v, impl=self.attention, causal=True, kv_heads_major=cache is not None,
+                 **mask).reshape(b, t, h * hd)
     return dense(cfg.hidden_size, ("heads", "embed"), name="o_proj", **kw)(out), new_cache
 
 
@@ -143,13 +143,14 @@ class LlamaBlock(nn.Module):
   config: LLMConfig
   dtype: DType = "float32"
   param_dtype: DType = "float32"
+  attention: str = "xla"
 
   @nn.compact
   def __call__(self, carry, cos, sin, mask, cache_index):
     x, cache, layer = carry
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    a, cache = LlamaAttention(cfg, name="self_attn", **kw)(
+    a, cache = LlamaAttention(cfg, name="self_attn", attention=self.attention, **kw)(
         RMSNorm(cfg.rms_norm_eps, name="input_layernorm", **kw)(x), cos, sin, mask, cache_index,
         cache, layer)
     x = x + a
@@ -167,13 +168,15 @@ class LlamaModel(nn.Module):
       logits are returned in float32.
     param_dtype: parameter dtype (``ModelConfig.param_dtype``).
     scan_layers: ``False`` unrolls the layer scan (same parameter layout).
-    remat_policy: ``none | full | minimal | dots`` (see ``layers.remat_policy``).
+    remat_policy: a ``layers.REMAT_POLICIES`` name (see ``layers.remat_policy``).
+    attention: ``ModelConfig.attention`` (``models/attention.py``).
   """
   config: LLMConfig
   dtype: DType = "float32"
   param_dtype: DType = "float32"
   scan_layers: bool = True
   remat_policy: str = "none"
+  attention: str = "xla"
 
   def setup(self):
     cfg = self.config
@@ -186,7 +189,8 @@ class LlamaModel(nn.Module):
         param_dtype=to_dtype(self.param_dtype),
         embedding_init=partitioned(DEFAULT_KERNEL_INIT, ("vocab", "embed")))
     self.layers = stacked(LlamaBlock, length=cfg.num_layers, scan_layers=self.scan_layers,
-                          remat=self.remat_policy, in_axes=(nn.broadcast,) * 4)(cfg, **kw)
+                          remat=self.remat_policy, in_axes=(nn.broadcast,) * 4)(
+                              cfg, attention=self.attention, **kw)
     self.norm = RMSNorm(cfg.rms_norm_eps, **kw)
     if not cfg.tie_word_embeddings:
       self.lm_head = dense(cfg.vocab_size, ("embed", "vocab"), use_bias=False, **kw)
@@ -216,14 +220,13 @@ class LlamaModel(nn.Module):
     if cache is not None and cache_index is None:
       raise ValueError("cache_index is required when a cache is given")
     start = 0 if cache is None else cache_index
-    q_slots = start + jnp.arange(t, dtype=jnp.int32)
-    causal = jnp.arange(s, dtype=jnp.int32)[None, :] <= q_slots[:, None]
-    mask = causal[None] & kv_mask.astype(bool)[:, None, :]  # [B,T,S]
-    if segment_ids is not None:  # packed rows: attention stays inside each sample
+    mask = dict(kv_mask=kv_mask.astype(bool))  # causal is added by LlamaAttention
+    if cache is not None:
+      mask["q_offset"] = start
+    if segment_ids is not None:  # packed rows (training only, no cache)
       if cache is not None:
-        raise ValueError("segment_ids is for packed training rows; it cannot be used with a cache")
-      mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
-    mask = mask[:, None, None]  # [B,1,1,T,S]
+        raise ValueError("segment_ids are for teacher-forced (cache-free) calls only")
+      mask.update(q_segment_ids=segment_ids, kv_segment_ids=segment_ids)
     cos, sin = rope_cos_sin(positions, rope_inv_freq(self.config))
     x = constrain(inputs_embeds.astype(to_dtype(self.dtype)), _ACT)
     (x, new_cache, _), _ = self.layers((x, cache, jnp.int32(0)), cos, sin, mask, start)

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from acformer_jax.models.attention import attention as attend
 from acformer_jax.models.layers import (DType, constrain, dense, layer_norm, partitioned, stacked,
                                         to_dtype)
 
@@ -40,6 +41,7 @@ class ResamplerLayer(nn.Module):
   ff_mult: int
   dtype: DType = "float32"
   param_dtype: DType = "float32"
+  attention: str = "xla"
 
   @nn.compact
   def __call__(self, latents: jax.Array, media: jax.Array):
@@ -56,9 +58,7 @@ class ResamplerLayer(nn.Module):
     q = constrain(q.reshape(b, nq, h, hd), heads_axes)
     k = constrain(k.reshape(b, nk, h, hd), heads_axes)
     v = constrain(v.reshape(b, nk, h, hd), heads_axes)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k)
-    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(to_dtype(self.dtype))
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, nq, h * hd)
+    out = attend(q, k, v, impl=self.attention, causal=False, scale=1.0).reshape(b, nq, h * hd)
     latents = dense(d, ("conn_heads", "conn_embed"), name="to_out", **lin)(out) + latents
     y = layer_norm(LN_EPS, name="ff_norm", **kw)(latents)
     y = dense(d * self.ff_mult, ("conn_embed", "conn_mlp"), name="ff_in", **lin)(y)
@@ -74,6 +74,7 @@ class Resampler(nn.Module):
   Attributes:
     depth, heads, dim_head, ff_mult: ``ConnectorConfig`` fields.
     num_latents: number of learnable queries; used when ``queries`` is None (``pr``).
+    attention: ``ModelConfig.attention`` for the cross-attention (``models/attention.py``).
     scan: ``False`` unrolls the layer scan (same parameters).
   """
   depth: int = 6
@@ -84,6 +85,7 @@ class Resampler(nn.Module):
   scan: bool = True
   dtype: DType = "float32"
   param_dtype: DType = "float32"
+  attention: str = "xla"
 
   @nn.compact
   def __call__(self, media: jax.Array, queries: Optional[jax.Array]) -> jax.Array:
@@ -99,5 +101,6 @@ class Resampler(nn.Module):
     queries = queries.astype(to_dtype(self.dtype))
     run = stacked(ResamplerLayer, length=self.depth, scan_layers=self.scan, remat="none",
                   in_axes=(nn.broadcast,))
-    out, _ = run(self.heads, self.dim_head, self.ff_mult, name="layers", **kw)(queries, media)
+    out, _ = run(self.heads, self.dim_head, self.ff_mult, attention=self.attention, name="layers",
+                 **kw)(queries, media)
     return layer_norm(LN_EPS, name="norm", **kw)(out)

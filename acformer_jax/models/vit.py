@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from acformer_jax.config import VisionConfig
+from acformer_jax.models.attention import attention as attend
 from acformer_jax.models.layers import (DEFAULT_KERNEL_INIT, DType, constrain, dense,
                                         layer_norm, partitioned, stacked, to_dtype)
 
@@ -56,6 +57,7 @@ class VisionAttention(nn.Module):
   config: VisionConfig
   dtype: DType = "float32"
   param_dtype: DType = "float32"
+  attention: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> Tuple[jax.Array, jax.Array]:
@@ -68,11 +70,12 @@ class VisionAttention(nn.Module):
                for nm in ("q", "k", "v"))
     q, k, v = (constrain(t, ("activation_batch", "activation_length", "activation_heads", None))
                for t in (q, k, v))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * hd ** -0.5
-    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(to_dtype(self.dtype)), v).reshape(b, n, d)
+    out = attend(q, k, v, impl=self.attention, causal=False).reshape(b, n, d)
     out = dense(d, ("vit_heads", "vit_embed"), name="out_proj", **kw)(out)
-    return out, probs[:, :, 0, 1:]
+    # The CLS query's post-softmax row (the anchors' input): [B, heads, N+1], recomputed
+    # apart from the kernel, which never materialises probabilities.
+    cls_scores = jnp.einsum("bhd,bkhd->bhk", q[:, 0], k).astype(jnp.float32) * hd ** -0.5
+    return out, jax.nn.softmax(cls_scores, axis=-1)[:, :, 1:]
 
 
 class VisionMLP(nn.Module):
@@ -94,12 +97,13 @@ class VisionBlock(nn.Module):
   config: VisionConfig
   dtype: DType = "float32"
   param_dtype: DType = "float32"
+  attention: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> Tuple[jax.Array, jax.Array]:
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    attn, cls_attn = VisionAttention(cfg, name="self_attn", **kw)(
+    attn, cls_attn = VisionAttention(cfg, name="self_attn", attention=self.attention, **kw)(
         layer_norm(cfg.layer_norm_eps, name="layer_norm1", **kw)(x))
     x = x + attn
     x = x + VisionMLP(cfg, name="mlp", **kw)(layer_norm(cfg.layer_norm_eps, name="layer_norm2", **kw)(x))
@@ -115,12 +119,14 @@ class VisionTransformer(nn.Module):
     param_dtype: parameter dtype (``ModelConfig.param_dtype``).
     scan_layers: ``False`` unrolls the layer scan (same parameter layout).
     remat_policy: see ``layers.remat_policy``.
+    attention: ``ModelConfig.attention`` (``models/attention.py``).
   """
   config: VisionConfig
   dtype: DType = "float32"
   param_dtype: DType = "float32"
   scan_layers: bool = True
   remat_policy: str = "none"
+  attention: str = "xla"
 
   @nn.compact
   def __call__(self, pixel_values: jax.Array) -> Tuple[jax.Array, jax.Array]:
@@ -136,7 +142,7 @@ class VisionTransformer(nn.Module):
     n = cfg.num_computed_layers
     run = stacked(VisionBlock, length=n, scan_layers=self.scan_layers,
                   remat=self.remat_policy, in_axes=())
-    features, cls_attn = run(cfg, name="layers", **kw)(x)
+    features, cls_attn = run(cfg, name="layers", attention=self.attention, **kw)(x)
     if self.is_initializing():  # parameters kept for round trips, never computed
       if cfg.num_layers > n:
         rest = stacked(VisionBlock, length=cfg.num_layers - n, scan_layers=True, remat="none",
