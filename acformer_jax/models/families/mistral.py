@@ -9,7 +9,7 @@ NAME = "mistral"
 
 
 def from_hf(d):
-  window = d.get("sliding_window")
+  window = d.get("sliding_window", 4096)  # transformers' MistralConfig default
   return decoder_hf.config_from_hf(d, NAME, model_type="mistral",
                                    sliding_window=None if window is None else int(window))
 

@@ -15,8 +15,7 @@ def from_hf(d):
   if d.get("use_sliding_window"):
     raise ValueError("qwen2 config: use_sliding_window=true is not supported (per-layer "
                      "windows from max_window_layers); released Qwen2 checkpoints leave it off")
-  return decoder_hf.config_from_hf(d, NAME, model_type="qwen2", attention_bias=True,
-                                   bos=151643, eos=151645, pad=151643)
+  return decoder_hf.config_from_hf(d, NAME, model_type="qwen2", attention_bias=True)
 
 
 def to_hf(lc):
