@@ -49,7 +49,13 @@ class VisionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LLMConfig:
-  """LLaMA-style decoder (spec 3.1). Defaults: Vicuna-7B v1.5."""
+  """The shared pre-norm decoder (spec 3.1). Defaults: Vicuna-7B v1.5.
+
+  ``family`` names the entry of ``models/registry.py`` (llama, llama3, qwen2, mistral,
+  gemma, ...) that maps it from/to HF, counts its FLOPs and gives its chat template. The
+  fields after ``pad_token_id`` are the decoder options families differ by.
+  """
+  family: str = "llama"
   vocab_size: int = 32000
   hidden_size: int = 4096
   intermediate_size: int = 11008
@@ -67,6 +73,11 @@ class LLMConfig:
   bos_token_id: int = 1
   eos_token_id: int = 2
   pad_token_id: int = 0
+  attention_bias: bool = False            # q/k/v projection biases (Qwen2)
+  sliding_window: Optional[int] = None    # key j visible to query q iff q - j < window (Mistral)
+  norm_unit_offset: bool = False          # RMSNorm scales by (1 + w) (Gemma)
+  scale_embeddings: bool = False          # token embeddings * sqrt(hidden_size) (Gemma)
+  mlp_activation: str = "silu"            # gated MLP activation: silu | gelu_tanh (GeGLU)
 
   @property
   def resolved_head_dim(self) -> int:

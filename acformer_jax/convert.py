@@ -25,21 +25,22 @@ from absl import app, flags
 
 from acformer_jax import distributed
 
-FORMAT_NAMES = ("hf-llava", "llava", "acformer", "llava-stage1", "hf-clip", "hf-llama")
+FORMAT_NAMES = ("hf-llava", "llava", "acformer", "llava-stage1", "hf-clip",
+                "hf-<family> (hf-llama, hf-llama3, hf-qwen2, hf-mistral, hf-gemma, ...)")
 _FORMAT = flags.DEFINE_string("format", None, f"Input format, one of {FORMAT_NAMES}.")
 _INPUT = flags.DEFINE_string("input", None, "Input checkpoint directory (or mm_projector.bin).")
 _VISION = flags.DEFINE_string("vision", None, "CLIP vision tower directory (llava, acformer, "
-                              "llava-stage1, hf-llama).")
-_LLM = flags.DEFINE_string("llm", None, "LLaMA/Vicuna directory (llava-stage1, hf-clip).")
+                              "llava-stage1, hf-<family>).")
+_LLM = flags.DEFINE_string("llm", None, "LLM directory (llava-stage1, hf-clip).")
 _OUTPUT = flags.DEFINE_string("output", None, "Output directory (must not exist).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
 _PARAM_DTYPE = flags.DEFINE_enum("param_dtype", "auto", ["auto", "float32", "bfloat16"],
                                  "Stored parameter dtype; auto = bfloat16 if the source is "
                                  "all bfloat16, else float32 (lossless).")
 _CONNECTOR = flags.DEFINE_string("connector", None, "JSON ConnectorConfig fields for a fresh "
-                                 "connector (hf-clip / hf-llama) or resampler sizes (stage 1).")
+                                 "connector (hf-clip / hf-<family>) or resampler sizes (stage 1).")
 _SELECT_LAYER = flags.DEFINE_integer("select_layer", -2, "Vision feature layer when the input "
-                                     "has no config for it (hf-clip, hf-llama, llava-stage1).")
+                                     "has no config for it (hf-clip, hf-<family>, llava-stage1).")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer directory (default: the input's).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of a fresh connector.")
 _MESH = flags.DEFINE_string("mesh", "1,-1,1", "data,fsdp,tensor mesh the params are placed on.")

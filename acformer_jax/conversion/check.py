@@ -104,14 +104,17 @@ def _torch_clip(plan, cfg):
 
 
 def _torch_llama(plan, cfg):
+  """The transformers causal LM of ``cfg.llm.family`` (built from the family's HF config)."""
   import transformers  # pylint: disable=import-outside-toplevel
-  lc = transformers.LlamaConfig(**hf_llava.llama_config_dict(cfg.llm))
+  d = hf_llava.text_config_dict(cfg.llm)
+  lc = transformers.AutoConfig.for_model(d.pop("model_type"), **d)
   lc._attn_implementation = "eager"  # pylint: disable=protected-access
   p = plan.reference["llm_prefix"]
   state = _state(plan.source, p, skip=(p + "model.mm_projector.", p + "model.vision_tower."))
   state = {k: v for k, v in state.items() if "rotary_emb" not in k}
   allow = ("lm_head",) if cfg.llm.tie_word_embeddings else ()
-  return _load(transformers.LlamaForCausalLM(lc), state, "LLaMA", allow_missing=allow)
+  return _load(transformers.AutoModelForCausalLM.from_config(lc), state, cfg.llm.family,
+               allow_missing=allow)
 
 
 def _vision_features(clip, images, cfg, attentions: bool):

@@ -11,10 +11,12 @@ llava          original LLaVA-1.5 directory (LLM + mm_projector)  ``--vision`` C
 acformer       official AcFormer directory (resampler + MLP)      ``--vision`` CLIP dir
 llava-stage1   stage-1 ``mm_projector.bin`` (file or its dir)     ``--vision``, ``--llm``
 hf-clip        ``CLIPVisionModel`` / ``CLIPModel`` directory      ``--llm`` LLaMA dir
-hf-llama       ``LlamaForCausalLM`` directory (Vicuna, LLaMA-2)   ``--vision`` CLIP dir
+hf-<family>    HF causal LM of a registered LLM family            ``--vision`` CLIP dir
+               (``hf-llama``: Vicuna, LLaMA-2; ``hf-llama3``,
+               ``hf-qwen2``, ``hf-mistral``, ``hf-gemma``, ...)
 =============  =================================================  ======================
 
-Every plan describes a complete ``MultimodalLM``; with ``hf-clip`` / ``hf-llama`` the
+Every plan describes a complete ``MultimodalLM``; with ``hf-clip`` / ``hf-<family>`` the
 connector is new (``--connector``, initialised at conversion), giving a stage-1
 starting point built from pretrained towers.
 """
@@ -28,26 +30,42 @@ from acformer_jax.conversion import hf_llava, llava
 from acformer_jax.conversion import plan as plan_lib
 from acformer_jax.conversion import towers
 from acformer_jax.conversion.sources import TensorSource, has_weights
+from acformer_jax.models import registry
+
+LLM_FORMAT_PREFIX = "hf-"
+
+
+def llm_format_family(fmt: str):
+  """The family name of an ``hf-<family>`` format (None for any other format)."""
+  name = fmt[len(LLM_FORMAT_PREFIX):] if fmt.startswith(LLM_FORMAT_PREFIX) else None
+  return name if name in registry.FAMILIES else None
+
+
+def format_names():
+  """Every input format, ``hf-<family>`` for each registered family included."""
+  return tuple(FORMATS) + tuple(LLM_FORMAT_PREFIX + n for n in registry.FAMILIES.names()
+                                if LLM_FORMAT_PREFIX + n not in FORMATS)
 
 
 def _plan_towers(fmt: str, input_path, vision=None, llm=None, connector=None,
                  select_layer: int = -2, **_) -> plan_lib.Plan:
   vision_dir, llm_dir = (input_path, llm) if fmt == "hf-clip" else (vision, input_path)
-  other = "--llm (the LLaMA/Vicuna directory)" if fmt == "hf-clip" else \
+  family = llm_format_family(fmt)  # None for hf-clip: detected from the --llm config
+  other = "--llm (the LLM directory)" if fmt == "hf-clip" else \
       "--vision (the CLIP vision tower directory)"
   if (llm if fmt == "hf-clip" else vision) is None:
     raise ValueError(f"{fmt}: {other} is required; the output is a complete model whose "
                      "connector is initialised fresh (--connector)")
-  if fmt == "hf-clip" and vision or fmt == "hf-llama" and llm:
+  if fmt == "hf-clip" and vision or fmt != "hf-clip" and llm:
     raise ValueError(f"{fmt}: --input already gives the "
                      f"{'vision tower' if fmt == 'hf-clip' else 'LLM'}")
-  for p, what in ((vision_dir, "CLIP"), (llm_dir, "LLaMA")):
+  for p, what in ((vision_dir, "CLIP"), (llm_dir, "LLM")):
     if not has_weights(p):
       raise FileNotFoundError(f"{p}: no {what} weights found (expected model.safetensors, "
                               "pytorch_model.bin or their sharded index)")
   vd, ld = towers.read_hf_config(vision_dir), towers.read_hf_config(llm_dir)
   vc = towers.vision_config_from_hf(vd, select_layer=select_layer)
-  lc = towers.llm_config_from_hf(ld)
+  lc = towers.llm_config_from_hf(ld, family)
   fields = [f.name for f in dataclasses.fields(config_lib.ConnectorConfig)]
   unknown = sorted(set(connector or {}) - set(fields))
   if unknown:
@@ -74,7 +92,6 @@ FORMATS: Dict[str, Callable[..., plan_lib.Plan]] = {
     "acformer": llava.plan_acformer,
     "llava-stage1": llava.plan_stage1,
     "hf-clip": lambda *a, **k: _plan_towers("hf-clip", *a, **k),
-    "hf-llama": lambda *a, **k: _plan_towers("hf-llama", *a, **k),
 }
 EXPORT_FORMATS = ("hf-llava", "llava", "acformer")
 
@@ -82,16 +99,17 @@ EXPORT_FORMATS = ("hf-llava", "llava", "acformer")
 def make_plan(fmt: str, input_path, vision=None, llm=None, connector: Optional[dict] = None,
               select_layer: int = -2) -> plan_lib.Plan:
   """Plans a conversion (reads config files and tensor headers only)."""
-  if fmt not in FORMATS:
-    raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(FORMATS)}")
+  if fmt not in FORMATS and not llm_format_family(fmt):
+    raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(format_names())}")
   if input_path is None:
     raise ValueError("--input is required")
-  if connector and fmt not in ("hf-clip", "hf-llama", "llava-stage1"):
+  if connector and fmt not in ("hf-clip", "llava-stage1") and not llm_format_family(fmt):
     raise ValueError(f"--connector does not apply to {fmt}: the checkpoint defines its connector")
-  plan = FORMATS[fmt](input_path, vision=vision, llm=llm, connector=connector,
+  planner = FORMATS.get(fmt) or (lambda *a, **k: _plan_towers(fmt, *a, **k))
+  plan = planner(input_path, vision=vision, llm=llm, connector=connector,
                       select_layer=select_layer)
   plan_lib.add_split_views(plan.source, plan.keymap, plan.problems)
   return plan
 
 
-__all__ = ["EXPORT_FORMATS", "FORMATS", "make_plan"]
+__all__ = ["EXPORT_FORMATS", "FORMATS", "format_names", "llm_format_family", "make_plan"]

@@ -25,6 +25,7 @@ from acformer_jax import config as config_lib
 from acformer_jax.conversion import plan as plan_lib
 from acformer_jax.conversion import towers
 from acformer_jax.conversion.sources import TensorSource
+from acformer_jax.models import registry
 
 LAYOUTS: Dict[str, Tuple[str, str, str, str]] = {
     "legacy": ("language_model.model.", "language_model.lm_head.weight",
@@ -111,18 +112,9 @@ def plan(input_dir, vision=None, llm=None, **_) -> plan_lib.Plan:
 
 
 # --- export ---------------------------------------------------------------------------
-def llama_config_dict(lc: config_lib.LLMConfig) -> dict:
-  d = {"model_type": "llama", "architectures": ["LlamaForCausalLM"],
-       "vocab_size": lc.vocab_size, "hidden_size": lc.hidden_size,
-       "intermediate_size": lc.intermediate_size, "num_hidden_layers": lc.num_layers,
-       "num_attention_heads": lc.num_heads, "num_key_value_heads": lc.num_kv_heads,
-       "head_dim": lc.resolved_head_dim, "rms_norm_eps": lc.rms_norm_eps,
-       "rope_theta": lc.rope_theta, "max_position_embeddings": lc.max_position_embeddings,
-       "tie_word_embeddings": lc.tie_word_embeddings, "bos_token_id": lc.bos_token_id,
-       "eos_token_id": lc.eos_token_id, "pad_token_id": lc.pad_token_id, "hidden_act": "silu",
-       "attention_bias": False, "mlp_bias": False}
-  d["rope_scaling"] = dict(lc.rope_scaling) if lc.rope_scaling else None
-  return d
+def text_config_dict(lc: config_lib.LLMConfig) -> dict:
+  """The HF causal-LM config dict of ``lc`` (its family's ``to_hf``)."""
+  return registry.family(lc.family).to_hf(lc)
 
 
 def clip_config_dict(vc: config_lib.VisionConfig) -> dict:
@@ -146,7 +138,7 @@ def export_config(mc: config_lib.ModelConfig, dtype: str, base: Optional[dict] =
   d = dict(base or {})
   text = dict(d.get("text_config") or {})
   text.pop("rope_parameters", None)
-  text.update(llama_config_dict(mc.llm))
+  text.update(text_config_dict(mc.llm))
   text.pop("architectures", None)
   vision = dict(d.get("vision_config") or {})
   vision.update(clip_config_dict(mc.vision))

@@ -218,7 +218,7 @@ def export_config(mc: config_lib.ModelConfig, fmt: str, dtype: str, vision_path:
     raise ValueError(f"{fmt} export needs connector.type in {allowed}; this model has {kind!r}")
   d = dict(base or {})
   d.pop("rope_parameters", None)
-  d.update(hf_llava.llama_config_dict(mc.llm))
+  d.update(hf_llava.text_config_dict(mc.llm))
   d.update({"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava_llama",
             "mm_vision_tower": vision_path, "mm_hidden_size": mc.vision.hidden_size,
             "mm_projector_type": "linear" if kind == "linear" else "mlp2x_gelu",

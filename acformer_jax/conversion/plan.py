@@ -17,7 +17,8 @@ import numpy as np
 from acformer_jax import config as config_lib
 from acformer_jax.conversion import towers
 from acformer_jax.conversion.keymaps import (IDENTITY, LINEAR, ConversionError, KeyMap, LayerStack,
-                                             Rule, clip_vision_keymap, llama_keymap)
+                                             Rule, clip_vision_keymap)
+from acformer_jax.models import registry
 from acformer_jax.conversion.sources import TensorSource
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
@@ -110,10 +111,11 @@ def vision_keymap(vc: config_lib.VisionConfig, hf_prefix: str, full_clip: bool =
 
 
 def llm_keymap(lc: config_lib.LLMConfig, body_prefix: str, head_key: str) -> KeyMap:
-  """LLaMA keys with ``model.`` -> ``body_prefix`` and ``lm_head.weight`` -> ``head_key``."""
+  """The family's HF causal-LM keys with ``model.`` -> ``body_prefix`` and
+  ``lm_head.weight`` -> ``head_key``."""
   def rename(k):
     return head_key if k == "lm_head.weight" else body_prefix + k[len("model."):]
-  km = llama_keymap(lc.num_layers, lc.tie_word_embeddings).rename_hf(rename)
+  km = registry.family(lc.family).keymap(lc).rename_hf(rename)
   ignore = [re.escape(body_prefix) + r"(?:layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq"]
   if lc.tie_word_embeddings:
     ignore.append(re.escape(head_key))

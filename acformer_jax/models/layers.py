@@ -70,17 +70,22 @@ def layer_norm(eps: float, *, dtype: DType, param_dtype: DType, name: Optional[s
 
 
 class RMSNorm(nn.Module):
-  """LLaMA RMSNorm, HF-exact: normalise in float32, cast back, then scale (spec 3.1)."""
+  """LLaMA RMSNorm, HF-exact: normalise in float32, cast back, then scale (spec 3.1).
+  ``unit_offset``: Gemma's variant, scale by ``1 + w`` (``w`` starts at zero)."""
   eps: float = 1e-5
   dtype: DType = "float32"
   param_dtype: DType = "float32"
+  unit_offset: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param("scale", partitioned(nn.initializers.ones_init(), ("norm",)),
+    init = nn.initializers.zeros_init() if self.unit_offset else nn.initializers.ones_init()
+    scale = self.param("scale", partitioned(init, ("norm",)),
                        (x.shape[-1],), to_dtype(self.param_dtype))
     h = x.astype(jnp.float32)
     h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
+    if self.unit_offset:  # Gemma: (1 + w) applied in float32, then cast
+      return (h * (1.0 + scale.astype(jnp.float32))).astype(to_dtype(self.dtype))
     return (scale.astype(to_dtype(self.dtype)) * h.astype(x.dtype)).astype(to_dtype(self.dtype))
 
 

@@ -99,10 +99,11 @@ class LlamaAttention(nn.Module):
     cfg = self.config
     h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
     kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
+    qkv = dict(kw, use_bias=cfg.attention_bias)
     b, t, _ = x.shape
-    q = dense(h * hd, ("embed", "heads"), name="q_proj", **kw)(x).reshape(b, t, h, hd)
-    k = dense(kvh * hd, ("embed", "kv_heads"), name="k_proj", **kw)(x).reshape(b, t, kvh, hd)
-    v = dense(kvh * hd, ("embed", "kv_heads"), name="v_proj", **kw)(x).reshape(b, t, kvh, hd)
+    q = dense(h * hd, ("embed", "heads"), name="q_proj", **qkv)(x).reshape(b, t, h, hd)
+    k = dense(kvh * hd, ("embed", "kv_heads"), name="k_proj", **qkv)(x).reshape(b, t, kvh, hd)
+    v = dense(kvh * hd, ("embed", "kv_heads"), name="v_proj", **qkv)(x).reshape(b, t, kvh, hd)
     q = constrain(apply_rope(q, cos, sin), ("activation_batch", "activation_length", "activation_heads", None))
     k = constrain(apply_rope(k, cos, sin), ("activation_batch", "activation_length", "activation_kv_heads", None))
     v = constrain(v, ("activation_batch", "activation_length", "activation_kv_heads", None))
@@ -116,13 +117,17 @@ class LlamaAttention(nn.Module):
                    for n, new in (("k", k), ("v", v))}
       k, v = (jax.lax.dynamic_index_in_dim(new_cache[n], layer, keepdims=False).astype(q.dtype)
               for n in ("k", "v"))
+    # Mistral's sliding window: slot distance = position distance within a sequence.
     out = attend(q, k, v, impl=self.attention, causal=True, kv_heads_major=cache is not None,
-                 **mask).reshape(b, t, h * hd)
+                 sliding_window=cfg.sliding_window or None, **mask).reshape(b, t, h * hd)
     return dense(cfg.hidden_size, ("heads", "embed"), name="o_proj", **kw)(out), new_cache
 
 
+MLP_ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True)}
+
+
 class LlamaMLP(nn.Module):
-  """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+  """Gated MLP: ``down(act(gate(x)) * up(x))``; SwiGLU (``silu``) or GeGLU (``gelu_tanh``)."""
   config: LLMConfig
   dtype: DType = "float32"
   param_dtype: DType = "float32"
@@ -133,7 +138,7 @@ class LlamaMLP(nn.Module):
     kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
     gate = dense(cfg.intermediate_size, ("embed", "mlp"), name="gate_proj", **kw)(x)
     up = dense(cfg.intermediate_size, ("embed", "mlp"), name="up_proj", **kw)(x)
-    y = constrain(jax.nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
+    y = constrain(MLP_ACTIVATIONS[cfg.mlp_activation](gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
     return dense(cfg.hidden_size, ("mlp", "embed"), name="down_proj", **kw)(y)
 
 
@@ -150,12 +155,13 @@ class LlamaBlock(nn.Module):
     x, cache, layer = carry
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = dict(kw, unit_offset=cfg.norm_unit_offset)
     a, cache = LlamaAttention(cfg, name="self_attn", attention=self.attention, **kw)(
-        RMSNorm(cfg.rms_norm_eps, name="input_layernorm", **kw)(x), cos, sin, mask, cache_index,
+        RMSNorm(cfg.rms_norm_eps, name="input_layernorm", **norm)(x), cos, sin, mask, cache_index,
         cache, layer)
     x = x + a
     x = x + LlamaMLP(cfg, name="mlp", **kw)(
-        RMSNorm(cfg.rms_norm_eps, name="post_attention_layernorm", **kw)(x))
+        RMSNorm(cfg.rms_norm_eps, name="post_attention_layernorm", **norm)(x))
     return (constrain(x, _ACT), cache, layer + 1), None
 
 
@@ -181,6 +187,9 @@ class LlamaModel(nn.Module):
   def setup(self):
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if cfg.mlp_activation not in MLP_ACTIVATIONS:
+      raise ValueError(f"llm.mlp_activation={cfg.mlp_activation!r} is not one of "
+                       f"{sorted(MLP_ACTIVATIONS)}")
     if cfg.num_heads % cfg.num_kv_heads:
       raise ValueError(f"llm.num_heads={cfg.num_heads} must be a multiple of "
                        f"llm.num_kv_heads={cfg.num_kv_heads}")
@@ -191,13 +200,17 @@ class LlamaModel(nn.Module):
     self.layers = stacked(LlamaBlock, length=cfg.num_layers, scan_layers=self.scan_layers,
                           remat=self.remat_policy, in_axes=(nn.broadcast,) * 4)(
                               cfg, attention=self.attention, **kw)
-    self.norm = RMSNorm(cfg.rms_norm_eps, **kw)
+    self.norm = RMSNorm(cfg.rms_norm_eps, unit_offset=cfg.norm_unit_offset, **kw)
     if not cfg.tie_word_embeddings:
       self.lm_head = dense(cfg.vocab_size, ("embed", "vocab"), use_bias=False, **kw)
 
   def embed(self, input_ids: jax.Array) -> jax.Array:
-    """Token embeddings ``[B, T, D]`` in the compute dtype."""
-    return constrain(self.embed_tokens(input_ids), _ACT)
+    """Token embeddings ``[B, T, D]`` in the compute dtype (times ``sqrt(D)`` with
+    ``scale_embeddings``, the factor rounded to the compute dtype as HF does)."""
+    x = self.embed_tokens(input_ids)
+    if self.config.scale_embeddings:
+      x = x * jnp.asarray(self.config.hidden_size ** 0.5, x.dtype)
+    return constrain(x, _ACT)
 
   def __call__(self, inputs_embeds: jax.Array, positions: jax.Array, kv_mask: jax.Array,
                cache: Optional[Cache] = None, cache_index=None, last_only: bool = False,

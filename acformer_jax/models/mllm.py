@@ -1,4 +1,4 @@
-"""The assembled multimodal model: frozen ViT -> connector -> LLaMA (``acformer.md`` 1.1, 2.6).
+"""The assembled multimodal model: frozen ViT -> connector -> LLM decoder (``acformer.md`` 1.1, 2.6).
 
 Static shapes throughout: ``input_ids`` carry ``num_visual_tokens`` copies of
 ``config.image_token_id`` where the image goes (the HF-processor convention) and the
@@ -14,7 +14,7 @@ real ones, so their tokens are never read; ``image_mask`` zeroes them as well. W
 ``segment_ids`` the decoder attends causally inside each sample only (``LlamaModel``).
 
 Parameters: ``vision/`` (``VisionTransformer``), ``connector/`` (``Connector``),
-``llm/`` (``LlamaModel``); see docs/design.md.
+``llm/`` (the decoder of ``config.llm.family``, ``models/registry.py``); see docs/design.md.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from acformer_jax import config as config_lib
 from acformer_jax.models.connectors import Connector
 from acformer_jax.models.layers import tower_options
-from acformer_jax.models.llama import LlamaModel
+from acformer_jax.models import registry
 from acformer_jax.models.vit import VisionTransformer
 
 
@@ -49,7 +49,7 @@ class MultimodalLM(nn.Module):
     mc = self.config
     self.vision = VisionTransformer(mc.vision, **tower_options(mc))
     self.connector = Connector(mc)
-    self.llm = LlamaModel(mc.llm, **tower_options(mc))
+    self.llm = registry.decoder(mc.llm, **tower_options(mc))
 
   def encode_images(self, images: jax.Array, rng: Optional[jax.Array] = None) -> jax.Array:
     """``images [B,S,S,3]`` (CLIP-normalised, NHWC) -> visual tokens ``[B, Nv, D_llm]``."""

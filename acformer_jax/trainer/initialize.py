@@ -22,7 +22,8 @@ logger = logging.getLogger("acformer_jax.trainer.initialize")
 
 # Tower fields that must agree between a Hugging Face checkpoint and the model config.
 _LLM_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-               "num_kv_heads", "resolved_head_dim", "tie_word_embeddings")
+               "num_kv_heads", "resolved_head_dim", "tie_word_embeddings", "attention_bias",
+               "sliding_window", "norm_unit_offset", "scale_embeddings", "mlp_activation")
 _VIT_FIELDS = ("image_size", "patch_size", "hidden_size", "intermediate_size", "num_layers",
                "num_heads")
 
@@ -52,7 +53,8 @@ def load_subtree(name: str, src: Mapping[str, str], abstract, mc: config_lib.Mod
     loaded = ckpt_lib.load_params(path, abstract, prefix=prefix)
   elif kind == "hf_llama":
     from acformer_jax.conversion.towers import load_hf_llama  # pylint: disable=import-outside-toplevel
-    cfg, loaded = load_hf_llama(path, param_dtype=mc.param_dtype, shardings=shardings)
+    cfg, loaded = load_hf_llama(path, param_dtype=mc.param_dtype, shardings=shardings,
+                                family=mc.llm.family)
     _check_fields(kind, path, cfg, mc.llm, _LLM_FIELDS)
   elif kind == "hf_clip":
     from acformer_jax.conversion.towers import load_hf_clip_vision  # pylint: disable=import-outside-toplevel

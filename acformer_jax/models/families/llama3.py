@@ -1,0 +1,25 @@
+"""Llama-3.x: the LLaMA decoder with the 128k vocabulary (BOS ``<|begin_of_text|>``),
+``llama3`` rope scaling, a tied head in the 1B/3B sizes and the Llama-3 chat template.
+
+HF configs say ``model_type: llama`` for both LLaMA-2 and Llama-3; a config with a
+vocabulary of at least 128000 rows or ``llama3`` rope scaling is taken as Llama-3 (name
+the family, e.g. ``--format hf-llama``, to override).
+"""
+from acformer_jax.models import registry
+from acformer_jax.models.families import decoder_hf, llama
+from acformer_jax.models.llama import LlamaModel
+
+NAME = "llama3"
+MIN_VOCAB = 128000
+
+
+def from_hf(d):
+  return llama.from_hf(d, family=NAME)
+
+
+FAMILY = registry.register_family(registry.Family(
+    name=NAME, hf_model_type="llama", hf_architecture="LlamaForCausalLM",
+    from_hf=from_hf, to_hf=llama.to_hf, keymap=decoder_hf.keymap, flops=decoder_hf.flops,
+    decoder=LlamaModel, template="llama3", stop_tokens=("<|eot_id|>",),
+    matches=lambda d: (int(d.get("vocab_size") or 0) >= MIN_VOCAB
+                       or dict(decoder_hf.rope_from_hf(d)[1] or ()).get("rope_type") == "llama3")))
