@@ -1,6 +1,6 @@
 """Citations stay inside the repository: every Markdown file the code, tests, docs and
 scripts name exists here, every cited section number exists in the cited page, and
-nothing points at the development machines' `shared/` folder or at bare "spec N.M"."""
+nothing points at the development machines' shared folder or at bare "spec N.M"."""
 import functools
 import pathlib
 import re
@@ -24,7 +24,7 @@ _TAIL = re.compile(
 _HEADING = re.compile(r"^#{1,6}\s+(?:(?:Item|Section|Part)\s+)?(\d+(?:\.\d+)*[a-z]?)[.:)]?\s",
                       re.M)
 _BARE_SPEC = re.compile(r"\bspec\s+\d", re.I)
-_SHARED = re.compile(r"(?<![\w/])(?:\.\./)?shared/(?:spec|eval_fixtures)|ACFORMER_SHARED_DIR")
+_SHARED = re.compile(r"(?<![\w/])(?:\.\./)?shared\/(?:spec|eval_fixtures)|ACFORMER_SHARED_DIR")
 
 
 def _scanned_files():
@@ -113,7 +113,7 @@ def test_the_checker_catches_bad_citations(tmp_path):
          "docs/offline_assets.md 1z": "section 1z does not exist",
          "docs/design.md \"No such heading\"": "does not occur",
          "(" + "spec" + " 2.1)": "bare 'spec N'",
-         "rules in ../" + "shared/spec/x": "outside the repository"}
+         "rules in ../" + "shared" + "/spec/x": "outside the repository"}
   for text, message in bad.items():
     found = list(_problems(citing, text))
     assert len(found) == 1 and message in found[0], (text, found)
