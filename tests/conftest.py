@@ -31,5 +31,4 @@ try:
 except ImportError:  # pragma: no cover
   pass
 
-from tests.paths import SHARED  # noqa: E402,F401  (ACFORMER_SHARED_DIR or ../shared)
 ASSETS = ROOT / ".assets"

@@ -13,6 +13,7 @@ import dataclasses
 import pathlib
 from typing import Any, Sequence
 
+from acformer_jax.evals import io as eio
 from acformer_jax.evals.io import EvalDataError
 
 
@@ -31,13 +32,14 @@ class ScoreResult:
 
 
 def find_file(data: str | pathlib.Path, candidates: Sequence[str], what: str) -> pathlib.Path:
-  """The first of `data/<candidate>` that exists, else an error listing them."""
+  """The first of `data/<candidate>` that exists (plain or compressed, see `io.locate`),
+  else an error listing them."""
   data = pathlib.Path(data)
   if not data.is_dir():
     raise EvalDataError(f"--data {data}: not a directory")
   for c in candidates:
-    p = data / c
-    if p.is_file():
+    p = eio.locate(data / c)
+    if p is not None:
       return p
   tried = ", ".join(str(data / c) for c in candidates)
   raise EvalDataError(f"{what} not found; looked for: {tried}")
@@ -47,9 +49,9 @@ def question_file(data: str | pathlib.Path, questions: str | None,
                   default: str, what: str = "question file") -> pathlib.Path:
   """`questions` if given (must exist), else `data/default`."""
   if questions:
-    p = pathlib.Path(questions)
-    if not p.is_file():
-      raise EvalDataError(f"--questions {p}: file not found")
+    p = eio.locate(questions)
+    if p is None:
+      raise EvalDataError(f"--questions {questions}: file not found")
     return p
   return find_file(data, [default], what)
 
@@ -59,7 +61,7 @@ def out_path(out: str | None, answers: str | pathlib.Path, suffix: str) -> pathl
   the answer file, which may sit in a shared data folder)."""
   if out:
     return pathlib.Path(out)
-  return pathlib.Path.cwd() / (pathlib.Path(answers).stem + suffix)
+  return pathlib.Path.cwd() / (eio.logical(answers).stem + suffix)
 
 
 def pct(num: float, den: float) -> float:

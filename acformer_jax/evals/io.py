@@ -1,6 +1,8 @@
 """Reading LLaVA question/answer files and writing answer files (`eval.md` 1, 6).
 
-Every reader names the file, the line (or row) and the field on bad input. Writers are
+Every reader names the file, the line (or row) and the field on bad input. Readers take
+plain files or their xz/gzip-compressed form (`x.jsonl.xz`, `x.jsonl.gz`), either named
+directly or found next to the plain name, and decompress on the fly. Writers are
 atomic: they write `<path>.tmp-<pid>` and rename it over `path` only once complete, so a
 crash never leaves a partial file under the final name.
 """
@@ -8,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gzip
 import hashlib
 import json
+import lzma
 import os
 import pathlib
 import sys
@@ -36,13 +40,68 @@ def _fail(msg: str) -> EvalDataError:
   return EvalDataError(msg)
 
 
+COMPRESSED_SUFFIXES = (".xz", ".gz")
+
+
+def logical(path: str | os.PathLike) -> pathlib.Path:
+  """`path` without a compression suffix (`a/x.jsonl.xz` -> `a/x.jsonl`)."""
+  path = pathlib.Path(path)
+  return path.with_suffix("") if path.suffix in COMPRESSED_SUFFIXES else path
+
+
+def locate(path: str | os.PathLike) -> pathlib.Path | None:
+  """`path` if it is a file, else its `.xz` or `.gz` sibling if that is one, else None."""
+  path = pathlib.Path(path)
+  if path.is_file():
+    return path
+  if path.suffix not in COMPRESSED_SUFFIXES:
+    for suffix in COMPRESSED_SUFFIXES:
+      packed = path.with_name(path.name + suffix)
+      if packed.is_file():
+        return packed
+  return None
+
+
+def find_files(directory: str | os.PathLike, pattern: str) -> list[pathlib.Path]:
+  """Files in `directory` matching `pattern`, plain or compressed; one per logical name
+  (the plain file wins), sorted by logical name."""
+  found: dict[str, pathlib.Path] = {}
+  for suffix in ("",) + COMPRESSED_SUFFIXES:
+    for p in sorted(pathlib.Path(directory).glob(pattern + suffix)):
+      if p.is_file():
+        found.setdefault(logical(p).name, p)
+  return [found[k] for k in sorted(found)]
+
+
+@contextlib.contextmanager
+def open_text(path: str | os.PathLike, newline: str | None = None) -> Iterator[Any]:
+  """Opens `path` (or its compressed sibling, see `locate`) as UTF-8 text."""
+  real = locate(path)
+  if real is None:
+    raise _fail(f"{path}: file not found")
+  opener = {".xz": lzma.open, ".gz": gzip.open}.get(real.suffix)
+  try:
+    if opener is None:
+      with open(real, encoding="utf-8", newline=newline) as f:
+        yield f
+    else:
+      with opener(real, "rt", encoding="utf-8", newline=newline) as f:
+        yield f
+  except (lzma.LZMAError, gzip.BadGzipFile, EOFError) as e:
+    raise _fail(f"{real}: corrupt {real.suffix[1:]} file ({e})") from None
+
+
+def read_text(path: str | os.PathLike) -> str:
+  """The whole text of a plain or compressed file."""
+  with open_text(path) as f:
+    return f.read()
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
   """Reads a JSON-lines file of objects; blank lines are skipped."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise _fail(f"{path}: file not found")
+  path = locate(path) or pathlib.Path(path)
   records = []
-  with open(path, encoding="utf-8") as f:
+  with open_text(path) as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -58,11 +117,9 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def read_json(path: str | os.PathLike) -> Any:
   """Reads one JSON document."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise _fail(f"{path}: file not found")
+  path = locate(path) or pathlib.Path(path)
   try:
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
       return json.load(f)
   except json.JSONDecodeError as e:
     raise _fail(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from None
@@ -83,11 +140,9 @@ def check_fields(record: dict, allowed: Iterable[str], required: Iterable[str],
 
 def read_tsv(path: str | os.PathLike) -> list[dict[str, str]]:
   """Reads a tab-separated table with a header row (MMBench); cells stay strings."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise _fail(f"{path}: file not found")
+  path = locate(path) or pathlib.Path(path)
   csv.field_size_limit(sys.maxsize)  # base64 images are large cells
-  with open(path, encoding="utf-8", newline="") as f:
+  with open_text(path, newline="") as f:
     reader = csv.reader(f, delimiter="\t")
     try:
       header = next(reader)

@@ -42,11 +42,11 @@ def summarize_reviews(reviews: list[dict], path) -> dict[str, float]:
 
 def _judge_input(data: pathlib.Path, recs: list[dict]) -> list[dict] | None:
   names = ("questions.jsonl", "context.jsonl", "answers_gpt4.jsonl")
-  if not all((data / n).is_file() for n in names):
+  if not all(eio.locate(data / n) for n in names):
     return None
   qs, ctx, refs = (eio.read_jsonl(data / n) for n in names)
   captions = {c["image"]: "\n".join(c.get("caption", [])) for c in ctx}
-  rules = eio.read_json(data / "rule.json") if (data / "rule.json").is_file() else None
+  rules = eio.read_json(data / "rule.json") if eio.locate(data / "rule.json") else None
   if not len(qs) == len(refs) == len(recs):
     raise eio.EvalDataError(f"{data}: {len(qs)} questions, {len(refs)} reference answers and "
                             f"{len(recs)} answers must match one to one")
@@ -76,7 +76,7 @@ def score(answers, data, *, questions=None, judge=(), out=None) -> base.ScoreRes
   data = pathlib.Path(data)
   recs = eio.read_answers(answers)
   qpath = pathlib.Path(questions) if questions else data / QUESTION_FILE
-  if questions or qpath.is_file():
+  if questions or eio.locate(qpath):
     qs = eio.read_jsonl(qpath)
     eio.index_answers(recs, [q["question_id"] for q in qs], lambda r: r["question_id"], answers)
   else:

@@ -59,7 +59,8 @@ def _load_sheet(data, questions) -> tuple[list[dict], pathlib.Path, bool]:
     path = pathlib.Path(questions)
   else:
     data = pathlib.Path(data)
-    tsvs = [data / TSV_NAME] if (data / TSV_NAME).is_file() else sorted(data.glob("*.tsv"))
+    tsv = eio.locate(data / TSV_NAME)
+    tsvs = [tsv] if tsv else eio.find_files(data, "*.tsv")
     sheets = sorted(data.glob("answers_upload/**/*.xlsx")) + sorted(data.glob("*.xlsx"))
     if tsvs:
       path = tsvs[0]
@@ -68,7 +69,7 @@ def _load_sheet(data, questions) -> tuple[list[dict], pathlib.Path, bool]:
     else:
       raise eio.EvalDataError(f"MMBench ground truth not found in {data}: expected {TSV_NAME} "
                               "or an upload .xlsx with an 'answer' column")
-  is_tsv = path.suffix.lower() != ".xlsx"
+  is_tsv = eio.logical(path).suffix.lower() != ".xlsx"
   rows = eio.read_tsv(path) if is_tsv else xlsx.read_table(path)
   for i, row in enumerate(rows, 2):
     where = f"{path}: row {i}"

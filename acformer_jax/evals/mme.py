@@ -42,27 +42,28 @@ def load_ground_truth(data: str | os.PathLike) -> dict[tuple[str, str, str], str
   results = data / "eval_tool" / "Your_Results"
   release = data / "MME_Benchmark_release_version"
   if results.is_dir():
-    for path in sorted(results.glob("*.txt")):
-      for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for path in eio.find_files(results, "*.txt"):
+      for lineno, line in enumerate(eio.read_text(path).splitlines(), 1):
         if not line.strip():
           continue
         parts = line.split("\t")
         if len(parts) < 3:
           raise eio.EvalDataError(f"{path}:{lineno}: expected image<TAB>question<TAB>answer")
-        gt[(path.stem, pathlib.PurePath(parts[0]).stem, parts[1])] = _gt_label(
+        gt[(eio.logical(path).stem, pathlib.PurePath(parts[0]).stem, parts[1])] = _gt_label(
             parts[2], path, lineno)
   elif release.is_dir():
     for cat_dir in sorted(p for p in release.iterdir() if p.is_dir()):
       qa_dir = cat_dir / "questions_answers_YN"
       qa_dir = qa_dir if qa_dir.is_dir() else cat_dir
-      for path in sorted(qa_dir.glob("*.txt")):
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+      for path in eio.find_files(qa_dir, "*.txt"):
+        for lineno, line in enumerate(eio.read_text(path).splitlines(), 1):
           if not line.strip():
             continue
           parts = line.strip().split("\t")
           if len(parts) != 2:
             raise eio.EvalDataError(f"{path}:{lineno}: expected question<TAB>answer")
-          gt[(cat_dir.name, path.stem, parts[0])] = _gt_label(parts[1], path, lineno)
+          key = (cat_dir.name, eio.logical(path).stem, parts[0])
+          gt[key] = _gt_label(parts[1], path, lineno)
   else:
     raise eio.EvalDataError(f"MME ground truth not found: expected {results} or {release}")
   return gt

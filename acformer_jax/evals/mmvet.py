@@ -71,8 +71,8 @@ def score(answers, data, *, questions=None, judge=(), out=None) -> base.ScoreRes
   per_run = scores.sum(axis=0) / len(ids) * 100.0
   metrics.update(total=float(per_run.mean()), std=float(per_run.std()),
                  runs=[float(x) for x in per_run], num_runs=int(scores.shape[1]))
-  meta_path = pathlib.Path(data) / "mm-vet.json"
-  if meta_path.is_file():
+  meta_path = eio.locate(pathlib.Path(data) / "mm-vet.json")
+  if meta_path is not None:
     meta = eio.read_json(meta_path)
     caps: dict[str, list[int]] = {}
     for i, k in enumerate(ids):

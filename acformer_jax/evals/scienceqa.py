@@ -82,8 +82,8 @@ def score(answers, data, *, questions=None, judge=(), out=None) -> base.ScoreRes
   del judge, out
   qpath = base.question_file(data, questions, QUESTION_FILE)
   problems = read_problems(qpath)
-  split_path = pathlib.Path(data) / "pid_splits.json"
-  if split_path.is_file():
+  split_path = eio.locate(pathlib.Path(data) / "pid_splits.json")
+  if split_path is not None:
     test_ids = eio.read_json(split_path).get("test", [])
     if set(test_ids) != {p["id"] for p in problems}:
       raise eio.EvalDataError(f"{qpath}: problem ids differ from the 'test' list of "
@@ -93,9 +93,10 @@ def score(answers, data, *, questions=None, judge=(), out=None) -> base.ScoreRes
     by_id = eio.index_answers(recs, [p["id"] for p in problems],
                               lambda r: r["question_id"], answers, "problem")
   except eio.EvalDataError as e:
-    sibling = pathlib.Path(answers).with_name(pathlib.Path(answers).stem + "_output.jsonl")
+    sibling = eio.locate(eio.logical(answers).with_name(eio.logical(answers).stem +
+                                                        "_output.jsonl"))
     hint = (f" (LLaVA's evaluation output {sibling} holds all predictions; pass it as "
-            "--answers)") if sibling.is_file() else ""
+            "--answers)") if sibling is not None else ""
     raise eio.EvalDataError(f"{e}{hint}") from None
   correct = img_correct = img_total = 0
   for p in problems:

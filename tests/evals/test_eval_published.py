@@ -1,5 +1,5 @@
 """The scorers reproduce LLaVA-1.5-13B's published numbers from LLaVA's own answer files
-(eval_fixtures README; `eval.md` 5). Each fixture file is parsed once per module."""
+(tests/fixtures/eval/PROVENANCE.md; `eval.md` 5). Each fixture file is parsed once per module."""
 import json
 import os
 import pathlib
@@ -15,13 +15,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIX = paths.EVAL_FIXTURES
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fixtures_present():
-  assert (FIX / "README.md").is_file(), paths.missing_fixtures_message()
+def _stored(rel):
+  return str(paths.fixture(rel))
 
 
 def _score(name, answers, data, **kw):
-  return registry.get(name).score(str(FIX / answers), str(FIX / data), **kw)
+  """Scores the stored (compressed) answer file against the fixture folder `data`."""
+  return registry.get(name).score(_stored(answers), str(FIX / data), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_scienceqa_counts_and_img_accuracy():
   assert (m["img_correct"], m["img_total"]) == (1445, 2017)
   assert f"{m['img_accuracy']:.1f}" == "71.6"
   # LLaVA's own result file agrees.
-  llava = json.loads((FIX / "scienceqa/answers/llava-v1.5-13b_result.json").read_text())
+  llava = json.loads(paths.fixture_text("scienceqa/answers/llava-v1.5-13b_result.json"))
   assert (llava["correct"], llava["count"]) == (m["correct"], m["total"])
 
 
@@ -90,7 +90,7 @@ def test_vizwiz_upload_equals_llava_upload(tmp_path):
   out = tmp_path / "vizwiz_upload.json"
   res = _score("vizwiz", "vizwiz/answers/llava-v1.5-13b.jsonl", "vizwiz", out=str(out))
   ours = json.loads(out.read_text())
-  ref = json.loads((FIX / "vizwiz/answers_upload/llava-v1.5-13b.json").read_text())
+  ref = json.loads(paths.fixture_text("vizwiz/answers_upload/llava-v1.5-13b.json"))
   assert len(ours) == len(ref) == 8000
   assert sum(a == b for a, b in zip(ours, ref)) == 8000
   assert res.files["upload"] == str(out)
@@ -99,21 +99,21 @@ def test_vizwiz_upload_equals_llava_upload(tmp_path):
 def test_mmvet_judge_input_and_grades(tmp_path):
   out = tmp_path / "mmvet.json"
   one = _score("mmvet", "mm-vet/answers/llava-v1.5-13b.jsonl", "mm-vet", out=str(out),
-               judge=(str(FIX / "mm-vet/results/llava-v1.5-13b_gpt-4-grade-1runs.json"),))
-  assert out.read_bytes() == (FIX / "mm-vet/results/llava-v1.5-13b.json").read_bytes()
+               judge=(_stored("mm-vet/results/llava-v1.5-13b_gpt-4-grade-1runs.json"),))
+  assert out.read_bytes() == paths.fixture_bytes("mm-vet/results/llava-v1.5-13b.json")
   assert f"{one.metrics['total']:.1f}" == "36.1" and one.metrics["num_runs"] == 1
   three = _score("mmvet", "mm-vet/answers/llava-v1.5-13b.jsonl", "mm-vet", out=str(out),
-                 judge=(str(FIX / "mm-vet/results/llava-v1.5-13b_gpt-4-grade-3runs.json"),))
+                 judge=(_stored("mm-vet/results/llava-v1.5-13b_gpt-4-grade-3runs.json"),))
   assert [round(x, 1) for x in three.metrics["runs"]] == [36.1, 36.5, 36.3]
   assert f"{three.metrics['total']:.1f}" == "36.3"
   seven = _score("mmvet", "mm-vet/answers/llava-v1.5-13b.jsonl", "mm-vet", out=str(out),
-                 judge=(str(FIX / "mm-vet/results/llava-v1.5-7b_gpt-4-grade-3runs.json"),))
+                 judge=(_stored("mm-vet/results/llava-v1.5-7b_gpt-4-grade-3runs.json"),))
   assert [round(x, 1) for x in seven.metrics["runs"]] == [31.2, 30.8, 31.2]
   assert (f"{seven.metrics['total']:.1f}", f"{seven.metrics['std']:.1f}") == ("31.1", "0.2")
 
 
 def test_llava_bench_from_reviews():
-  reviews = tuple(str(FIX / f"llava-bench-in-the-wild/reviews/llava-v1.5-13b-eval{i}.jsonl")
+  reviews = tuple(_stored(f"llava-bench-in-the-wild/reviews/llava-v1.5-13b-eval{i}.jsonl")
                   for i in (1, 2, 3))
   res = _score("llava_bench", "llava-bench-in-the-wild/answers/llava-v1.5-13b.jsonl",
                "llava-bench-in-the-wild", judge=reviews)
@@ -128,7 +128,7 @@ def test_llava_bench_from_reviews():
 def test_cli_prints_headline_and_json_last_line(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(ROOT))
   cmd = [sys.executable, "-m", "acformer_jax.evaluate", "score", "--benchmark", "mme",
-         "--answers", str(FIX / "mme/answers/llava-v1.5-13b.jsonl"), "--data", str(FIX / "mme")]
+         "--answers", _stored("mme/answers/llava-v1.5-13b.jsonl"), "--data", str(FIX / "mme")]
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
   lines = proc.stdout.strip().splitlines()
   assert lines[0].startswith("MME perception: 1531.3 ")
@@ -158,11 +158,12 @@ def test_question_files_load_and_prompts_match_llava_answers(bench, questions, a
   the one LLaVA wrote for every question (same order)."""
   from acformer_jax.evals import prompts, scienceqa  # pylint: disable=g-import-not-at-top
   reqs = [prompts.build_request(bench, q)
-          for q in registry.read_questions(bench, FIX / questions)]
+          for q in registry.read_questions(bench, paths.fixture(questions))]
   if bench == "scienceqa":
-    llava = {r["question_id"]: r["prompt"] for r in scienceqa.read_predictions(FIX / answers)}
+    llava = {r["question_id"]: r["prompt"]
+             for r in scienceqa.read_predictions(paths.fixture(answers))}
     assert [r.answer_prompt for r in reqs] == [llava[r.question_id] for r in reqs]
   else:
-    llava = [json.loads(x) for x in (FIX / answers).read_text().splitlines()]
+    llava = [json.loads(x) for x in paths.fixture_text(answers).splitlines()]
     assert [(r.question_id, r.answer_prompt) for r in reqs] == [
         (a["question_id"], a["prompt"]) for a in llava]

@@ -182,9 +182,8 @@ def test_mmbench_circular_scoring_and_upload_from_tsv(tmp_path):
 
 def test_fixture_upload_sheet_reads():
   from tests import paths  # pylint: disable=g-import-not-at-top
-  fix = paths.EVAL_FIXTURES
-  assert (fix / "README.md").is_file(), paths.missing_fixtures_message()
-  sheet = xlsx.read_table(fix / "mmbench/answers_upload/mmbench_dev_20230712/llava-v1.5-13b.xlsx")
+  sheet = xlsx.read_table(
+      paths.fixture("mmbench/answers_upload/mmbench_dev_20230712/llava-v1.5-13b.xlsx"))
   assert len(sheet) == 4377 and sheet[0]["index"] == 241 and sheet[0]["answer"] == "B"
   assert sheet[0]["C"] is None
 
