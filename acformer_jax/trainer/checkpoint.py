@@ -8,12 +8,14 @@ Layout of a run directory ``<workdir>/checkpoints/<step>/``:
 
 * ``state``: the :class:`TrainState` (``PyTreeSave``; arrays written per shard, OCDBT),
 * ``data``: ``{"process_count": n, "states": [iterator state of host 0, 1, ...]}`` (JSON),
-* ``config``: the full experiment config (JSON).
+* ``config``: the full experiment config (JSON),
+* ``integrity``: per-array checksums of ``state`` (:mod:`acformer_jax.integrity`; JSON),
+  computed on the hosts that write the shards before the save starts.
 
 Orbax writes a step into a temporary directory and renames it when every item is complete,
 so a run killed mid-save leaves no half-visible step. A committed step that fails to restore
-(e.g. truncated files) is moved aside to ``corrupt_<step>_<time>`` and the previous one is
-used, with a warning. The params-only export (:func:`export_for_inference`) is the inference
+(e.g. truncated files) or whose arrays do not match their recorded checksums (flipped bytes)
+is moved aside to ``corrupt_<step>_<time>`` and the previous one is used, with a warning. The params-only export (:func:`export_for_inference`) is the inference
 format of ``acformer_jax.inference.loading`` (read by ``generate`` / ``evaluate``); any of
 these can seed a new run through :func:`load_params`.
 """
@@ -33,9 +35,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from acformer_jax import integrity
+
 logger = logging.getLogger("acformer_jax.trainer.checkpoint")
 
-ITEMS = ("state", "data", "config")
+ITEMS = ("state", "data", "config", "integrity")
 EXPORT_PARAMS = "params"
 EXPORT_CONFIG = "experiment_config.json"
 
@@ -111,7 +115,7 @@ class CheckpointStore:
         save_interval_steps=save_every, max_to_keep=keep, create=True,
         enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     handlers = {"state": state_handler(), "data": ocp.JsonCheckpointHandler(),
-                "config": ocp.JsonCheckpointHandler()}
+                "config": ocp.JsonCheckpointHandler(), "integrity": ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)
 
   def all_steps(self) -> Sequence[int]:
@@ -134,7 +138,8 @@ class CheckpointStore:
     args = ocp.args.Composite(
         state=ocp.args.PyTreeSave(state),
         data=ocp.args.JsonSave({"process_count": len(states), "states": states}),
-        config=ocp.args.JsonSave(json.loads(json.dumps(config, default=str))))
+        config=ocp.args.JsonSave(json.loads(json.dumps(config, default=str))),
+        integrity=ocp.args.JsonSave(integrity.record(state)))
     return bool(self.manager.save(step, args=args, force=force))
 
   def wait(self) -> None:
@@ -145,11 +150,19 @@ class CheckpointStore:
     self.manager.close()
 
   def restore(self, step: int, abstract_state) -> Restored:
-    """Restores ``step`` onto the shardings carried by ``abstract_state`` (any mesh)."""
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(abstract_state, restore_args=_restore_args(abstract_state)),
-        data=ocp.args.JsonRestore(),
-        config=ocp.args.JsonRestore()))
+    """Restores ``step`` onto the shardings carried by ``abstract_state`` (any mesh) and
+    verifies its arrays against the recorded checksums (:class:`integrity.IntegrityError`)."""
+    items = dict(state=ocp.args.PyTreeRestore(abstract_state, restore_args=_restore_args(abstract_state)),
+                 data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore())
+    checked = (self.directory / str(step) / "integrity").is_dir()
+    if checked:
+      items["integrity"] = ocp.args.JsonRestore()
+    else:
+      logger.warning("checkpoint step %d in %s records no checksums (written by an older "
+                     "version); restored unverified", step, self.directory)
+    out = self.manager.restore(step, args=ocp.args.Composite(**items))
+    if checked:
+      integrity.verify(out.state, out.integrity, f"checkpoint step {step} in {self.directory}")
     return Restored(step, out.state, out.data, out.config)
 
   def read_config(self, step: int) -> Optional[Mapping[str, Any]]:
@@ -253,9 +266,20 @@ def load_params(path, abstract: Mapping[str, Any], prefix: Sequence[str] = ()) -
         item=target, restore_args=restore_args, partial_restore=True))
   except Exception as e:
     raise ValueError(f"cannot load {'/'.join(keys) or 'params'} from {item}: {e}") from e
+  integrity.verify(out, read_checksums(item), f"params source {item}")
   for k in keys:
     out = out[k]
   return out
+
+
+def read_checksums(item) -> Optional[Mapping[str, Any]]:
+  """Recorded checksums of a params item: a run's ``<step>/integrity`` item for
+  ``<step>/state``, else the export's ``params_checksums.json``; None when there are none."""
+  item = pathlib.Path(item)
+  if item.name == "state" and (item.parent / "integrity").is_dir():
+    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+        item.parent / "integrity", args=ocp.args.JsonRestore())
+  return integrity.read_sidecar(item)
 
 
 # -- preemption --------------------------------------------------------------------------------

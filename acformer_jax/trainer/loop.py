@@ -5,9 +5,10 @@ Order of work: validate the config -> mesh -> abstract sharded state -> restore 
 readable checkpoint (state + data-iterator position) or build the initial parameters from
 ``config.init`` -> sharding check -> jitted step -> loop. The loop dispatches step ``k+1``
 before reading step ``k``'s metrics (one step of lag keeps the device busy) and reads them
-synchronously before every save, so a checkpoint never holds a non-finite state. It stops on
-completion, on preemption (SIGTERM: save now) or on a non-finite loss / gradient norm (no
-save: the last good checkpoint stays the newest).
+synchronously before every save, so a checkpoint never holds a non-finite state (the step's
+``finite`` flag covers the loss, the gradient norm and the updated trainable parameters and
+optimizer state). It stops on completion, on preemption (SIGTERM: save now) or on a
+non-finite step (no save: the last good checkpoint stays the newest).
 """
 from __future__ import annotations
 
@@ -176,8 +177,8 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
     throughput.add(host["tokens"])
     losses.append(host["loss"])
     if bool(t.nan_guard) and not host["finite"]:
-      logger.error("non-finite loss %.4g / grad norm %.4g at step %d: halting; the last good "
-                   "checkpoint is step %s in %s", host["loss"], host["grad_norm"], step,
+      logger.error("non-finite step %d (loss %.4g, grad norm %.4g, or the updated parameters / "
+                   "optimizer state): halting; the last good checkpoint is step %s in %s", step, host["loss"], host["grad_norm"],
                    last_saved, store.directory)
       return False
     if host["dropped_tokens"] > 0:

@@ -54,6 +54,14 @@ def _microbatches(batch: Mapping[str, jax.Array], n: int) -> Dict[str, jax.Array
   return {k: jax.lax.with_sharding_constraint(v, spec) for k, v in out.items()}
 
 
+def all_finite(tree) -> jax.Array:
+  """True iff every floating-point leaf of ``tree`` is finite (the NaN guard's view of what a
+  checkpoint would hold: the updated trainable parameters and optimizer state)."""
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+           if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: Callable, *,
                     trainable: Sequence[str], grad_accum: int = 1, seed: int = 0,
                     loss_positions: int = 0) -> Callable:
@@ -123,7 +131,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         "dropped_tokens": dropped,
         "tokens": jnp.sum(batch["attention_mask"], dtype=jnp.int32),
         "token_accuracy": correct.astype(jnp.float32) / denom,
-        "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+        "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite((train, opt_state)),
     }
     new_state = state.replace(step=state.step + 1, params=optim.merge_params(train, frozen),
                               opt_state=opt_state)
