@@ -178,8 +178,8 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
     losses.append(host["loss"])
     if bool(t.nan_guard) and not host["finite"]:
       logger.error("non-finite step %d (loss %.4g, grad norm %.4g, or the updated parameters / "
-                   "optimizer state): halting; the last good checkpoint is step %s in %s", step, host["loss"], host["grad_norm"],
-                   last_saved, store.directory)
+                   "optimizer state): halting; the last good checkpoint is step %s in %s", step,
+                   host["loss"], host["grad_norm"], last_saved, store.directory)
       return False
     if host["dropped_tokens"] > 0:
       logger.warning("step %d: %d supervised tokens beyond train.loss_positions=%d per row were "
