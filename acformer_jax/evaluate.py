@@ -90,6 +90,8 @@ def run_main() -> int:
   _require(checkpoint=_CHECKPOINT.value, benchmark=_BENCHMARK.value,
            questions=_QUESTIONS.value, output=_OUTPUT.value)
   from acformer_jax.evals import runner  # pylint: disable=g-import-not-at-top
+  from acformer_jax import outputs  # pylint: disable=g-import-not-at-top
+  outputs.check_writable(_OUTPUT.value, "--output", is_dir=False)  # before loading anything
   questions = registry.read_questions(_BENCHMARK.value, _QUESTIONS.value)
   import jax  # pylint: disable=g-import-not-at-top
   count, index = jax.process_count(), jax.process_index()

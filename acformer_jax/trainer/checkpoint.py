@@ -199,15 +199,17 @@ class CheckpointStore:
 def export_for_inference(directory, params, model_config, *, tokenizer_dir=None,
                          experiment_config: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
   """Writes the inference layout of ``acformer_jax.inference.loading`` (``params/``,
-  ``model_config.json``, ``tokenizer/``) plus ``experiment_config.json``; replaces an
-  older export in ``directory``. Readable by ``generate`` / ``evaluate``."""
+  ``model_config.json``, ``tokenizer/``) plus ``experiment_config.json``; readable by
+  ``generate`` / ``evaluate``. Committed atomically like ``convert``'s output: written under
+  a temporary name, then renamed over an older export (never a half-written ``directory``)."""
+  from acformer_jax.conversion.pipeline import commit_directory, temp_dir_for  # pylint: disable=import-outside-toplevel
   from acformer_jax.inference.loading import save_for_inference  # pylint: disable=import-outside-toplevel
   directory = pathlib.Path(directory).absolute()
-  if jax.process_index() == 0 and directory.exists():
-    shutil.rmtree(directory)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices("acformer_export_cleared")
+  tmp = temp_dir_for(directory)
+  host0 = jax.process_index() == 0
+  if host0 and tmp.exists():
+    shutil.rmtree(tmp)
+  _barrier("acformer_export_cleared")
   if tokenizer_dir is not None and not pathlib.Path(tokenizer_dir).is_dir():
     logger.warning("tokenizer directory %s not found; exporting without a tokenizer", tokenizer_dir)
     tokenizer_dir = None
@@ -215,11 +217,25 @@ def export_for_inference(directory, params, model_config, *, tokenizer_dir=None,
     # One host holds every shard anyway: writing host arrays avoids Orbax's per-replica
     # slicing of replicated arrays (an eager op per slice), which dominates tiny exports.
     params = jax.device_get(params)
-  save_for_inference(directory, params, model_config, tokenizer_dir=tokenizer_dir)
-  if experiment_config is not None and jax.process_index() == 0:
-    (directory / EXPORT_CONFIG).write_text(
-        json.dumps(experiment_config, indent=2, default=str) + "\n")
+  try:
+    save_for_inference(tmp, params, model_config, tokenizer_dir=tokenizer_dir)
+    if experiment_config is not None and host0:
+      (tmp / EXPORT_CONFIG).write_text(json.dumps(experiment_config, indent=2, default=str) + "\n")
+    _barrier("acformer_export_written")
+    if host0:
+      commit_directory(tmp, directory, overwrite=True)
+    _barrier("acformer_export_committed")
+  except BaseException:
+    if host0:
+      shutil.rmtree(tmp, ignore_errors=True)
+    raise
   return directory
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
 
 
 def resolve_params_source(path) -> tuple:

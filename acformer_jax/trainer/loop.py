@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from acformer_jax import outputs
 from acformer_jax import sharding as sharding_lib
 from acformer_jax.models.mllm import MultimodalLM
 from acformer_jax.trainer import checkpoint as ckpt_lib
@@ -43,6 +44,8 @@ def config_to_dict(config) -> Dict[str, Any]:
 def data_config(config) -> Dict[str, Any]:
   d = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data)
   d["global_batch_size"] = int(config.train.global_batch_size)
+  if config.train.get("epochs") is not None:
+    d["num_epochs"] = int(config.train.epochs)
   return d
 
 
@@ -62,19 +65,32 @@ def tokenizer_dir(config) -> Optional[pathlib.Path]:
   return pathlib.Path(path) if path else DEFAULT_TOKENIZER_DIR
 
 
-def build(config, mesh=None):
-  """Everything but the data and the loop: model, optimizer, mesh, abstract sharded state."""
+def total_steps(config, it=None) -> int:
+  """``train.steps``, or the steps of ``train.epochs`` passes over ``it``'s data source."""
+  if config.train.get("steps") is not None:
+    return int(config.train.steps)
+  from acformer_jax.data import epochs  # pylint: disable=import-outside-toplevel
+  if it is None or not hasattr(it, "num_records"):
+    raise ConfigError("train.epochs needs a data iterator that knows its dataset size "
+                      "(num_records); set train.steps instead")
+  return epochs.steps_for_epochs(int(config.train.epochs), it.num_records,
+                                 int(config.train.global_batch_size))
+
+
+def build(config, mesh=None, steps: Optional[int] = None):
+  """Everything but the data and the loop: model, optimizer, mesh, abstract sharded state
+  (``steps``: the schedule's length, default ``train.steps``)."""
   mc = validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
   if mesh is None:
     mesh = sharding_lib.make_hybrid_mesh(config.mesh.shape, config.mesh.dcn_shape)
   model = MultimodalLM(mc)
-  steps = int(config.train.steps)
+  steps = total_steps(config) if steps is None else int(steps)
   tx, schedule = optim.make_optimizer(config.train.optimizer, steps)
   trainable = tuple(config.train.trainable)
   state_fn = state_lib.make_state_fn(model, mc, tx, trainable)
   abstract, shardings = state_lib.abstract_state(state_fn, mesh)
   return dict(mc=mc, mesh=mesh, model=model, tx=tx, schedule=schedule, trainable=trainable,
-              state_fn=state_fn, abstract=abstract, shardings=shardings)
+              state_fn=state_fn, abstract=abstract, shardings=shardings, steps=steps)
 
 
 def initial_state(config, b) -> state_lib.TrainState:
@@ -112,16 +128,18 @@ def _host_metrics(m) -> Dict[str, float]:
 
 
 def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
-  """Trains until ``config.train.steps`` (resuming if ``workdir`` has checkpoints).
+  """Trains for ``config.train.steps`` or ``train.epochs`` (resuming if ``workdir`` has
+  checkpoints). A data source that ends first (``data.num_epochs``, skipped samples) ends the
+  run there: the last step is saved and the run counts as completed (``data_exhausted``).
 
   Returns a summary dict (``status``: completed | preempted | nan, ``step``, last metrics,
   ``export_dir``, the last held-out ``eval`` of ``config.eval``: benchmark, step, metrics,
   answer file); also written to ``<workdir>/summary.json`` on process 0.
   """
   workdir = pathlib.Path(workdir).absolute()
-  b = build(config, mesh)
-  mc, mesh, t = b["mc"], b["mesh"], config.train
-  total = int(t.steps)
+  outputs.check_writable(workdir, what="workdir")
+  mc = validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
+  t = config.train
   cfg_dict = config_to_dict(config)
   eval_task = evaluation.prepare(config.get("eval"), workdir, mc.vision.image_size)
   store = ckpt_lib.CheckpointStore(workdir / "checkpoints", save_every=int(config.checkpoint.every),
@@ -129,6 +147,9 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
                                    async_save=bool(config.checkpoint.async_save))
   check_same_model(store, cfg_dict)
   it = data_iterator if data_iterator is not None else make_data_iterator(config, mc)
+  total = total_steps(config, it)
+  b = build(config, mesh, steps=total)
+  mesh = b["mesh"]
   restored = store.restore_latest(b["abstract"])
   if restored is not None:
     state = restored.state
@@ -165,7 +186,7 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     bar = tqdm(total=total, initial=start, desc=f"stage {t.stage}", dynamic_ncols=True, mininterval=1.0)
 
-  status, last, losses, last_eval = "completed", {}, [], None
+  status, last, losses, last_eval, exhausted = "completed", {}, [], None, False
   last_saved = restored.step if restored is not None else None
   pending = None  # (step, metrics) not yet read
 
@@ -214,7 +235,11 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
 
   try:
     for step in range(start, total):
-      batch = next(it)
+      try:
+        batch = next(it)
+      except StopIteration:
+        exhausted = True
+        break
       state, m = step_fn(state, step_lib.device_batch(batch, mesh))
       if pending is not None and not handle(*pending):
         status, pending = "nan", None
@@ -245,6 +270,13 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
         last_eval = run_eval(new_step)
     if pending is not None and not handle(*pending):
       status = "nan"
+    if exhausted and status == "completed":
+      final = int(jax.device_get(state.step))
+      logger.warning("the data ended at step %d of %d (data.num_epochs / train.epochs reached, "
+                     "or samples skipped); finishing there", final, total)
+      if final > start and last_saved != final and store.save(final, state, it.get_state(),
+                                                              cfg_dict, force=True):
+        last_saved = final
   finally:
     store.wait()
     watcher.close()
@@ -267,7 +299,8 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
   summary = {"status": status, "step": int(last.get("step", start)), "last_metrics": last,
              "last_checkpoint": last_saved, "workdir": str(workdir),
              "export_dir": str(export_dir) if export_dir else None,
-             "flops_per_step": step_flops.total, "eval": last_eval}
+             "flops_per_step": step_flops.total, "eval": last_eval, "total_steps": total,
+             "data_exhausted": exhausted}
   if jax.process_index() == 0:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   return summary
