@@ -50,6 +50,8 @@ def inside(root: pathlib.Path, rel: str) -> Optional[pathlib.Path]:
 def source_fingerprint(json_path, image_root, builder_version: str = "") -> str:
   """Hex digest over the JSON bytes and the (path, size, mtime) of every image it names."""
   json_path = pathlib.Path(json_path)
+  if not json_path.is_file():
+    raise FileNotFoundError(f"LLaVA annotation file {json_path} does not exist")
   h = hashlib.sha256(f"acformer-data-v{VERSION}|{builder_version}|".encode())
   raw = json_path.read_bytes()
   h.update(hashlib.sha256(raw).digest())
