@@ -117,7 +117,7 @@ def main(argv) -> int:
     raise app.UsageError(_USAGE)
   try:
     return score_main() if argv[1] == "score" else run_main()
-  except eio.EvalDataError as e:
+  except ValueError as e:  # EvalDataError, and engine errors such as an over-long prompt
     print(f"error: {e}", file=sys.stderr)
     return 2
   except OSError as e:  # e.g. a read-only folder next to --answers: pass --out

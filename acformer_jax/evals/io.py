@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -36,23 +37,34 @@ def _fail(msg: str) -> EvalDataError:
   return EvalDataError(msg)
 
 
+def read_text(path: pathlib.Path) -> str:
+  """The file decoded as UTF-8; a bad byte is an error naming the file, line and column."""
+  raw = path.read_bytes()
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = raw.count(b"\n", 0, e.start) + 1
+    col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+    raise _fail(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {col}); "
+                "save the file as UTF-8") from None
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
   """Reads a JSON-lines file of objects; blank lines are skipped."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise _fail(f"{path}: file not found")
   records = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise _fail(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-      if not isinstance(obj, dict):
-        raise _fail(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-      records.append(obj)
+  for lineno, line in enumerate(read_text(path).split("\n"), 1):
+    if not line.strip():
+      continue
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise _fail(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+      raise _fail(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+    records.append(obj)
   return records
 
 
@@ -61,9 +73,9 @@ def read_json(path: str | os.PathLike) -> Any:
   path = pathlib.Path(path)
   if not path.is_file():
     raise _fail(f"{path}: file not found")
+  text = read_text(path)
   try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
+    return json.loads(text)
   except json.JSONDecodeError as e:
     raise _fail(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from None
 
@@ -87,7 +99,7 @@ def read_tsv(path: str | os.PathLike) -> list[dict[str, str]]:
   if not path.is_file():
     raise _fail(f"{path}: file not found")
   csv.field_size_limit(sys.maxsize)  # base64 images are large cells
-  with open(path, encoding="utf-8", newline="") as f:
+  with io.StringIO(read_text(path), newline="") as f:
     reader = csv.reader(f, delimiter="\t")
     try:
       header = next(reader)
