@@ -90,6 +90,8 @@ def run_main() -> int:
   _require(checkpoint=_CHECKPOINT.value, benchmark=_BENCHMARK.value,
            questions=_QUESTIONS.value, output=_OUTPUT.value)
   from acformer_jax.evals import runner  # pylint: disable=g-import-not-at-top
+  from acformer_jax import outputs  # pylint: disable=g-import-not-at-top
+  outputs.check_writable(_OUTPUT.value, "--output", is_dir=False)  # before loading anything
   questions = registry.read_questions(_BENCHMARK.value, _QUESTIONS.value)
   import jax  # pylint: disable=g-import-not-at-top
   count, index = jax.process_count(), jax.process_index()
@@ -115,7 +117,7 @@ def main(argv) -> int:
     raise app.UsageError(_USAGE)
   try:
     return score_main() if argv[1] == "score" else run_main()
-  except eio.EvalDataError as e:
+  except ValueError as e:  # EvalDataError, and engine errors such as an over-long prompt
     print(f"error: {e}", file=sys.stderr)
     return 2
   except OSError as e:  # e.g. a read-only folder next to --answers: pass --out

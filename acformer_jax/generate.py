@@ -59,7 +59,7 @@ def _load_image(path: Optional[str]):
   try:
     img = Image.open(p)
     img.load()
-  except OSError as e:
+  except (OSError, Image.DecompressionBombError) as e:  # a bomb is not an OSError
     raise ValueError(f"--image {p}: cannot read the image ({e})") from None
   return img.convert("RGB")  # LLaVA's CLI converts to RGB
 

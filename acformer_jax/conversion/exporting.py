@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from acformer_jax import config as config_lib
+from acformer_jax import outputs
 from acformer_jax.conversion import hf_llava, llava
 from acformer_jax.conversion import plan as plan_lib
 from acformer_jax.conversion import writer as writer_lib
@@ -170,6 +171,7 @@ def export(checkpoint, fmt: str, output, *, mesh=None, layout: Optional[str] = N
   info = json.loads(info_path.read_text()) if info_path.is_file() else {}
   if output.exists() and not overwrite:
     raise FileExistsError(f"{output} exists (pass --overwrite to replace it)")
+  outputs.check_writable(output.parent, "--output folder")
   mesh = mesh if mesh is not None else sharding_lib.make_mesh((1, -1, 1))
   tree = target_tree(mc, mesh)
   reader = _LeafReader(checkpoint / inf_loading.PARAMS_DIR, tree)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from acformer_jax import config as config_lib
+from acformer_jax import outputs
 from acformer_jax import sharding as sharding_lib
 from acformer_jax.conversion import plan as plan_lib
 from acformer_jax.conversion.keymaps import ConversionError, flatten_paths, unflatten_paths
@@ -232,6 +233,7 @@ def convert(fmt: str, input_path, output, vision=None, llm=None, *, mesh=None,
   output = pathlib.Path(output)
   if output.exists() and not overwrite:
     raise FileExistsError(f"{output} exists (pass --overwrite to replace it)")
+  outputs.check_writable(output.absolute().parent, "--output folder")
   t0 = time.time()
   plan = make_plan(fmt, input_path, vision=vision, llm=llm, connector=connector,
                    select_layer=select_layer)

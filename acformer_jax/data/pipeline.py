@@ -127,6 +127,11 @@ class DataIterator:
     self._thread = self._queue = self._stop = None
     self._shard_cache = (None, None)
 
+  @property
+  def num_records(self) -> int:
+    """Samples in the data source (after build-time skips); see :mod:`acformer_jax.data.epochs`."""
+    return self._num
+
   # -- state -------------------------------------------------------------------------------
   def get_state(self) -> Dict[str, Any]:
     """JSON-serialisable position after the last returned batch."""

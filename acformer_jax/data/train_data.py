@@ -6,14 +6,19 @@ See ``docs/data.md`` for every field of :func:`default_data_config`.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+import logging
+import pathlib
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
 from acformer_jax import config as model_config_lib
+from acformer_jax.data import fingerprint
 from acformer_jax.data.pipeline import DataIterator, PackSpec, SampleSpec
 from acformer_jax.data.templates import canonical_template
 from acformer_jax.data.tokenizer import load_encoder, make_encoder
+
+logger = logging.getLogger("acformer_jax.data")
 
 _DEFAULTS: Dict[str, Any] = {
     "builder": "acformer_demo/qa_64",  # tfds name[/config]: llava_pretrain | llava_instruct | acformer_demo/...
@@ -23,6 +28,7 @@ _DEFAULTS: Dict[str, Any] = {
     "image_root": None,        # LLaVA builders: image folder the JSON paths are relative to
     "manual_dir": None,        # LLaVA builders: folder with the default file names
     "build_if_missing": True,  # build the tfds dataset when absent (single-process runs only)
+    "reuse_stale": False,      # LLaVA builders: reuse a build of an older version of the sources
     "tokenizer_path": None,    # used when no tokenizer is passed (None = the offline LLaMA asset)
     "template": "vicuna_v1",   # plain (stage 1) | vicuna_v1 (stage 2)
     "max_length": 2048,        # T: tokens per row after image expansion (LLaVA model_max_length)
@@ -72,15 +78,54 @@ def make_builder(cfg: Mapping[str, Any]):
   kwargs = {}
   if cfg.get("data_dir"):
     kwargs["data_dir"] = cfg["data_dir"]
-  if cfg["builder"].split("/")[0].startswith("llava_"):
+  name = cfg["builder"].split("/")[0]
+  if name.startswith("llava_"):
     kwargs.update({k: cfg[k] for k in ("json_path", "image_root") if cfg.get(k)})
+    if cfg.get("manual_dir"):  # explicit paths, so the build is keyed by content
+      cls = tfds.builder_cls(name)
+      manual = pathlib.Path(cfg["manual_dir"])
+      kwargs.setdefault("json_path", str(manual / cls.DEFAULT_JSON))
+      kwargs.setdefault("image_root", str(manual / cls.DEFAULT_IMAGE_DIR if cls.DEFAULT_IMAGE_DIR else manual))
   return tfds.builder(cfg["builder"], **kwargs)
 
 
+def _other_builds(builder) -> List[Any]:
+  """Prepared builds of the same builder, version and source JSON in the same data_dir
+  (other content fingerprints), newest first."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  src = str(getattr(builder, "_json_path", "") or "")
+  root = pathlib.Path(builder.data_dir).parents[1]  # <data_dir>/<name>/<config>/<version>
+  found = []
+  for info in root.glob(f"*/{builder.version}/dataset_info.json"):
+    if info.parent == pathlib.Path(builder.data_dir):
+      continue
+    try:
+      other = tfds.builder_from_directory(str(info.parent))
+    except Exception:  # pylint: disable=broad-except
+      continue
+    if src and str(other.info.metadata.get("source_json", "")) == src:
+      found.append((info.stat().st_mtime, other))
+  return [b for _, b in sorted(found, key=lambda x: -x[0])]
+
+
 def open_data_source(cfg: Mapping[str, Any], *, allow_build: bool = True):
-  """Returns ``(builder, data_source)``, building the dataset first if allowed and needed."""
+  """Returns ``(builder, data_source)``, building the dataset first if allowed and needed.
+
+  LLaVA builds are keyed by the content of their sources: when the JSON or an image changed
+  since the last build, a new build is made next to the old one, unless
+  ``data.reuse_stale=True`` asks for the newest old build.
+  """
   builder = make_builder(cfg)
   if not builder.is_prepared():
+    stale = _other_builds(builder) if getattr(builder, "_json_path", None) else []
+    if stale and cfg.get("reuse_stale"):
+      logger.warning("data.reuse_stale=True: using %s, built from an older version of %s "
+                     "(sources changed since)", stale[0].data_dir, cfg.get("json_path"))
+      return stale[0], stale[0].as_data_source(split=cfg["split"])
+    if stale:
+      logger.warning("the sources of %s changed since %s was built: building a new cache in %s "
+                     "(data.reuse_stale=True would reuse the old one)", cfg["builder"],
+                     stale[0].data_dir, builder.data_dir)
     if not (allow_build and cfg.get("build_if_missing", True)):
       raise FileNotFoundError(
           f"tfds dataset {cfg['builder']} is not prepared in {builder.data_dir}; build it first "
@@ -138,10 +183,21 @@ def make_train_iterator(data_config, tokenizer, model_config, process_index: int
     pack = PackSpec(spec.max_length, 1, 0, one_per_row=True)
   lengths = signed_lengths(source) if cfg["group_by_length"] else None
   build_skipped = dict(builder.info.metadata.get("build_skipped", {}) or {})
-  return DataIterator(
+  source_fp = builder.info.metadata.get("fingerprint") or f"{builder.info.full_name}"
+  data_fp = fingerprint.data_fingerprint(
+      source_fp, tokenizer=fingerprint.tokenizer_digest(cfg["tokenizer_path"]) if tokenizer is None
+      else type(tokenizer).__name__ + str(getattr(tokenizer, "vocab_size", "")),
+      template=template, max_length=spec.max_length, image_size=spec.image_size,
+      pad_to_square=spec.pad_to_square, overlong=spec.overlong)
+  logger.info("data %s from %s (%d records; build skipped %s; data fingerprint %s)", cfg["builder"],
+              builder.data_dir, len(source), build_skipped or "none", data_fp[:16])
+  it = DataIterator(
       source, spec=spec, encoder=encoder, global_batch=int(cfg["global_batch_size"]),
       process_index=process_index, process_count=process_count,
       seed=int(cfg["seed"] if cfg["seed"] is not None else seed), shuffle=bool(cfg["shuffle"]),
       lengths=lengths, num_epochs=cfg["num_epochs"], drop_remainder=bool(cfg["drop_remainder"]),
       prefetch=int(cfg["prefetch"]), num_workers=int(cfg["num_workers"]), with_index=with_index,
       build_skipped=build_skipped, packing=pack)
+  it.data_fingerprint = data_fp
+  it.data_dir = str(builder.data_dir)
+  return it

@@ -12,6 +12,7 @@ import contextlib
 import csv
 import gzip
 import hashlib
+import io
 import json
 import lzma
 import os
@@ -73,54 +74,57 @@ def find_files(directory: str | os.PathLike, pattern: str) -> list[pathlib.Path]
   return [found[k] for k in sorted(found)]
 
 
-@contextlib.contextmanager
-def open_text(path: str | os.PathLike, newline: str | None = None) -> Iterator[Any]:
-  """Opens `path` (or its compressed sibling, see `locate`) as UTF-8 text."""
+def read_bytes(path: str | os.PathLike) -> bytes:
+  """The bytes of `path` (or of its compressed sibling, see `locate`), decompressed."""
   real = locate(path)
   if real is None:
     raise _fail(f"{path}: file not found")
   opener = {".xz": lzma.open, ".gz": gzip.open}.get(real.suffix)
   try:
     if opener is None:
-      with open(real, encoding="utf-8", newline=newline) as f:
-        yield f
-    else:
-      with opener(real, "rt", encoding="utf-8", newline=newline) as f:
-        yield f
+      return real.read_bytes()
+    with opener(real, "rb") as f:
+      return f.read()
   except (lzma.LZMAError, gzip.BadGzipFile, EOFError) as e:
     raise _fail(f"{real}: corrupt {real.suffix[1:]} file ({e})") from None
 
 
 def read_text(path: str | os.PathLike) -> str:
-  """The whole text of a plain or compressed file."""
-  with open_text(path) as f:
-    return f.read()
+  """The whole text of a plain or compressed file, decoded as UTF-8; a bad byte is an error
+  naming the file, line and column."""
+  raw = read_bytes(path)
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = raw.count(b"\n", 0, e.start) + 1
+    col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+    raise _fail(f"{locate(path)}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                f"{col}); save the file as UTF-8") from None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
   """Reads a JSON-lines file of objects; blank lines are skipped."""
   path = locate(path) or pathlib.Path(path)
   records = []
-  with open_text(path) as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise _fail(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-      if not isinstance(obj, dict):
-        raise _fail(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-      records.append(obj)
+  for lineno, line in enumerate(read_text(path).split("\n"), 1):
+    if not line.strip():
+      continue
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise _fail(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+      raise _fail(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+    records.append(obj)
   return records
 
 
 def read_json(path: str | os.PathLike) -> Any:
   """Reads one JSON document."""
   path = locate(path) or pathlib.Path(path)
+  text = read_text(path)
   try:
-    with open_text(path) as f:
-      return json.load(f)
+    return json.loads(text)
   except json.JSONDecodeError as e:
     raise _fail(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from None
 
@@ -142,7 +146,7 @@ def read_tsv(path: str | os.PathLike) -> list[dict[str, str]]:
   """Reads a tab-separated table with a header row (MMBench); cells stay strings."""
   path = locate(path) or pathlib.Path(path)
   csv.field_size_limit(sys.maxsize)  # base64 images are large cells
-  with open_text(path, newline="") as f:
+  with io.StringIO(read_text(path), newline="") as f:
     reader = csv.reader(f, delimiter="\t")
     try:
       header = next(reader)

@@ -82,7 +82,7 @@ def load_image(req: prompts.Request, images_dir: pathlib.Path | None):
     else:
       img = Image.open(pathlib.Path(images_dir) / req.image)
     img.load()
-  except (OSError, binascii.Error, ValueError) as e:
+  except (OSError, binascii.Error, ValueError, Image.DecompressionBombError) as e:
     src = "its base64 image" if req.image_is_base64 else pathlib.Path(images_dir) / req.image
     raise eio.EvalDataError(f"question {req.question_id!r}: cannot read {src} ({e})") from None
   return img.convert("RGB") if req.convert_rgb else img

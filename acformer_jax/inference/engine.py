@@ -148,8 +148,15 @@ class Engine:
       raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     rng = jax.random.PRNGKey(0) if rng is None else rng
     stop_seqs = tuple(tuple(int(t) for t in s) for s in stop_token_ids if len(s))
+    positions = self.config.llm.max_position_embeddings
     for i, r in enumerate(requests):
       self._check(r, i)  # all requests are validated before any work is done
+      if len(r.input_ids) + max_new_tokens > positions:
+        raise ValueError(
+            f"request {i}: a prompt of {len(r.input_ids)} tokens plus max_new_tokens="
+            f"{max_new_tokens} needs {len(r.input_ids) + max_new_tokens} positions, more than "
+            f"the model's {positions} (llm.max_position_embeddings); shorten the prompt or "
+            "lower max_new_tokens")
     eos = self.config.llm.eos_token_id if eos_token_id is None else int(eos_token_id)
     results = []
     for start in range(0, len(requests), self.batch_size):

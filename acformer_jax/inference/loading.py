@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from acformer_jax import config as config_lib
+from acformer_jax import integrity
 from acformer_jax import sharding as sharding_lib
 from acformer_jax.models.mllm import MultimodalLM
 
@@ -133,6 +134,7 @@ def load_for_inference(directory, *, mesh=None, tokenizer_dir=None, dtype: Optio
   except (ValueError, KeyError) as e:
     raise ValueError(f"{params_dir}: the params do not match {directory / CONFIG_FILE} "
                      f"({type(e).__name__}: {str(e)[:500]})") from None
+  integrity.verify(params, integrity.read_sidecar(params_dir), f"params {params_dir}")
   tok_dir = pathlib.Path(tokenizer_dir) if tokenizer_dir else find_tokenizer_dir(directory)
   tokenizer = None
   if tok_dir is None:
@@ -152,7 +154,8 @@ def save_params(path: pathlib.Path, params: Any, chunk_bytes: int = 64 << 20) ->
 
   OCDBT buffers the compressed data of the whole save in memory until it commits
   (about 0.75x of the params for random bf16); per-array zarr chunks are written as
-  they are compressed, so saving adds no memory peak (jax_practices.md 9.1).
+  they are compressed, so saving adds no memory peak (jax_practices.md 9.1). Per-array
+  checksums go to ``<path>_checksums.json`` (:mod:`acformer_jax.integrity`), verified on load.
   """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   save_args = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=chunk_bytes), params)
@@ -160,11 +163,14 @@ def save_params(path: pathlib.Path, params: Any, chunk_bytes: int = 64 << 20) ->
   absl_log = logging.getLogger("absl")
   level = absl_log.level
   absl_log.setLevel(logging.ERROR)  # Orbax warns that there is no OCDBT data to merge
+  rec = integrity.record(params)
   try:
     ckptr.save(pathlib.Path(path).absolute(),
                args=ocp.args.PyTreeSave(params, save_args=save_args))
   finally:
     absl_log.setLevel(level)
+  if jax.process_index() == 0:
+    integrity.write_sidecar(path, rec)
 
 
 def save_for_inference(directory, params, model_config: config_lib.ModelConfig,

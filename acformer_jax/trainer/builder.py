@@ -87,7 +87,7 @@ def llm_trains(abstract_params, trainable) -> bool:
 
 
 def build_experiment(config, mesh: Mesh, *, process_count: Optional[int] = None,
-                     random_init_ok: bool = False) -> Experiment:
+                     random_init_ok: bool = False, steps: Optional[int] = None) -> Experiment:
   """Validates ``config`` for ``mesh`` and builds the experiment on it.
 
   Args:
@@ -96,6 +96,8 @@ def build_experiment(config, mesh: Mesh, *, process_count: Optional[int] = None,
     process_count: hosts feeding the batch (default ``jax.process_count()``).
     random_init_ok: accept a config without parameter sources (AOT and benchmarks never
       read parameters).
+    steps: the learning-rate schedule's length (default ``train.steps``; the trainer passes
+      the steps of ``train.epochs``).
 
   Raises:
     trainer.validate.ConfigError: listing every problem with the config.
@@ -107,7 +109,8 @@ def build_experiment(config, mesh: Mesh, *, process_count: Optional[int] = None,
   mc = validate(config, num_devices=mesh.size, process_count=pc)
   t = config.train
   model = MultimodalLM(mc)
-  tx, schedule = optim.make_optimizer(t.optimizer, int(t.steps))
+  steps = int(steps if steps is not None else (t.get("steps") or 1))
+  tx, schedule = optim.make_optimizer(t.optimizer, steps)
   trainable = tuple(t.trainable)
   state_fn = state_lib.make_state_fn(model, mc, tx, trainable)
   abstract, shardings = state_lib.abstract_state(state_fn, mesh)

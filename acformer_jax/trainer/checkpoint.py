@@ -8,12 +8,14 @@ Layout of a run directory ``<workdir>/checkpoints/<step>/``:
 
 * ``state``: the :class:`TrainState` (``PyTreeSave``; arrays written per shard, OCDBT),
 * ``data``: ``{"process_count": n, "states": [iterator state of host 0, 1, ...]}`` (JSON),
-* ``config``: the full experiment config (JSON).
+* ``config``: the full experiment config (JSON),
+* ``integrity``: per-array checksums of ``state`` (:mod:`acformer_jax.integrity`; JSON),
+  computed on the hosts that write the shards before the save starts.
 
 Orbax writes a step into a temporary directory and renames it when every item is complete,
 so a run killed mid-save leaves no half-visible step. A committed step that fails to restore
-(e.g. truncated files) is moved aside to ``corrupt_<step>_<time>`` and the previous one is
-used, with a warning. The params-only export (:func:`export_for_inference`) is the inference
+(e.g. truncated files) or whose arrays do not match their recorded checksums (flipped bytes)
+is moved aside to ``corrupt_<step>_<time>`` and the previous one is used, with a warning. The params-only export (:func:`export_for_inference`) is the inference
 format of ``acformer_jax.inference.loading`` (read by ``generate`` / ``evaluate``); any of
 these can seed a new run through :func:`load_params`.
 """
@@ -33,9 +35,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from acformer_jax import integrity
+
 logger = logging.getLogger("acformer_jax.trainer.checkpoint")
 
-ITEMS = ("state", "data", "config")
+ITEMS = ("state", "data", "config", "integrity")
 EXPORT_PARAMS = "params"
 EXPORT_CONFIG = "experiment_config.json"
 
@@ -111,7 +115,7 @@ class CheckpointStore:
         save_interval_steps=save_every, max_to_keep=keep, create=True,
         enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     handlers = {"state": state_handler(), "data": ocp.JsonCheckpointHandler(),
-                "config": ocp.JsonCheckpointHandler()}
+                "config": ocp.JsonCheckpointHandler(), "integrity": ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)
 
   def all_steps(self) -> Sequence[int]:
@@ -134,7 +138,8 @@ class CheckpointStore:
     args = ocp.args.Composite(
         state=ocp.args.PyTreeSave(state),
         data=ocp.args.JsonSave({"process_count": len(states), "states": states}),
-        config=ocp.args.JsonSave(json.loads(json.dumps(config, default=str))))
+        config=ocp.args.JsonSave(json.loads(json.dumps(config, default=str))),
+        integrity=ocp.args.JsonSave(integrity.record(state)))
     return bool(self.manager.save(step, args=args, force=force))
 
   def wait(self) -> None:
@@ -145,11 +150,19 @@ class CheckpointStore:
     self.manager.close()
 
   def restore(self, step: int, abstract_state) -> Restored:
-    """Restores ``step`` onto the shardings carried by ``abstract_state`` (any mesh)."""
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(abstract_state, restore_args=_restore_args(abstract_state)),
-        data=ocp.args.JsonRestore(),
-        config=ocp.args.JsonRestore()))
+    """Restores ``step`` onto the shardings carried by ``abstract_state`` (any mesh) and
+    verifies its arrays against the recorded checksums (:class:`integrity.IntegrityError`)."""
+    items = dict(state=ocp.args.PyTreeRestore(abstract_state, restore_args=_restore_args(abstract_state)),
+                 data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore())
+    checked = (self.directory / str(step) / "integrity").is_dir()
+    if checked:
+      items["integrity"] = ocp.args.JsonRestore()
+    else:
+      logger.warning("checkpoint step %d in %s records no checksums (written by an older "
+                     "version); restored unverified", step, self.directory)
+    out = self.manager.restore(step, args=ocp.args.Composite(**items))
+    if checked:
+      integrity.verify(out.state, out.integrity, f"checkpoint step {step} in {self.directory}")
     return Restored(step, out.state, out.data, out.config)
 
   def read_config(self, step: int) -> Optional[Mapping[str, Any]]:
@@ -186,15 +199,17 @@ class CheckpointStore:
 def export_for_inference(directory, params, model_config, *, tokenizer_dir=None,
                          experiment_config: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
   """Writes the inference layout of ``acformer_jax.inference.loading`` (``params/``,
-  ``model_config.json``, ``tokenizer/``) plus ``experiment_config.json``; replaces an
-  older export in ``directory``. Readable by ``generate`` / ``evaluate``."""
+  ``model_config.json``, ``tokenizer/``) plus ``experiment_config.json``; readable by
+  ``generate`` / ``evaluate``. Committed atomically like ``convert``'s output: written under
+  a temporary name, then renamed over an older export (never a half-written ``directory``)."""
+  from acformer_jax.conversion.pipeline import commit_directory, temp_dir_for  # pylint: disable=import-outside-toplevel
   from acformer_jax.inference.loading import save_for_inference  # pylint: disable=import-outside-toplevel
   directory = pathlib.Path(directory).absolute()
-  if jax.process_index() == 0 and directory.exists():
-    shutil.rmtree(directory)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices("acformer_export_cleared")
+  tmp = temp_dir_for(directory)
+  host0 = jax.process_index() == 0
+  if host0 and tmp.exists():
+    shutil.rmtree(tmp)
+  _barrier("acformer_export_cleared")
   if tokenizer_dir is not None and not pathlib.Path(tokenizer_dir).is_dir():
     logger.warning("tokenizer directory %s not found; exporting without a tokenizer", tokenizer_dir)
     tokenizer_dir = None
@@ -202,11 +217,25 @@ def export_for_inference(directory, params, model_config, *, tokenizer_dir=None,
     # One host holds every shard anyway: writing host arrays avoids Orbax's per-replica
     # slicing of replicated arrays (an eager op per slice), which dominates tiny exports.
     params = jax.device_get(params)
-  save_for_inference(directory, params, model_config, tokenizer_dir=tokenizer_dir)
-  if experiment_config is not None and jax.process_index() == 0:
-    (directory / EXPORT_CONFIG).write_text(
-        json.dumps(experiment_config, indent=2, default=str) + "\n")
+  try:
+    save_for_inference(tmp, params, model_config, tokenizer_dir=tokenizer_dir)
+    if experiment_config is not None and host0:
+      (tmp / EXPORT_CONFIG).write_text(json.dumps(experiment_config, indent=2, default=str) + "\n")
+    _barrier("acformer_export_written")
+    if host0:
+      commit_directory(tmp, directory, overwrite=True)
+    _barrier("acformer_export_committed")
+  except BaseException:
+    if host0:
+      shutil.rmtree(tmp, ignore_errors=True)
+    raise
   return directory
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
 
 
 def resolve_params_source(path) -> tuple:
@@ -253,9 +282,20 @@ def load_params(path, abstract: Mapping[str, Any], prefix: Sequence[str] = ()) -
         item=target, restore_args=restore_args, partial_restore=True))
   except Exception as e:
     raise ValueError(f"cannot load {'/'.join(keys) or 'params'} from {item}: {e}") from e
+  integrity.verify(out, read_checksums(item), f"params source {item}")
   for k in keys:
     out = out[k]
   return out
+
+
+def read_checksums(item) -> Optional[Mapping[str, Any]]:
+  """Recorded checksums of a params item: a run's ``<step>/integrity`` item for
+  ``<step>/state``, else the export's ``params_checksums.json``; None when there are none."""
+  item = pathlib.Path(item)
+  if item.name == "state" and (item.parent / "integrity").is_dir():
+    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+        item.parent / "integrity", args=ocp.args.JsonRestore())
+  return integrity.read_sidecar(item)
 
 
 # -- preemption --------------------------------------------------------------------------------

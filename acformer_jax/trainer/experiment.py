@@ -59,7 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   t = c.train
   t.stage = 1
-  t.steps = 2181
+  t.steps = 2181                    # or None with train.epochs set (never both)
+  t.epochs = config_dict.placeholder(int)  # passes over the data; steps derived (data/epochs.py)
   t.global_batch_size = 256
   t.grad_accum_steps = 1
   t.seed = 0

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Mapping
 import jax
 
 from acformer_jax import config as config_lib
+from acformer_jax import integrity
 from acformer_jax.trainer import checkpoint as ckpt_lib
 from acformer_jax.trainer import experiment
 
@@ -50,7 +51,11 @@ def load_subtree(name: str, src: Mapping[str, str], abstract, mc: config_lib.Mod
   shardings = jax.tree.map(lambda a: a.sharding, abstract)
   if kind == "orbax":
     prefix = tuple(p for p in src["prefix"].split("/") if p)
-    loaded = ckpt_lib.load_params(path, abstract, prefix=prefix)
+    try:
+      loaded = ckpt_lib.load_params(path, abstract, prefix=prefix)
+    except integrity.IntegrityError as e:
+      from acformer_jax.trainer.validate import ConfigError  # pylint: disable=import-outside-toplevel
+      raise ConfigError(f"init.{name}: {e}") from None
   elif kind == "hf_llama":
     from acformer_jax.conversion.towers import load_hf_llama  # pylint: disable=import-outside-toplevel
     cfg, loaded = load_hf_llama(path, param_dtype=mc.param_dtype, shardings=shardings,

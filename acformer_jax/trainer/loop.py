@@ -7,9 +7,10 @@ data-iterator position) or build the initial parameters from ``config.init`` -> 
 check -> loop. MFU counts the real FLOPs of each step (its real tokens, images and
 per-sample attention); the padded figures are logged next to it. The loop dispatches step ``k+1``
 before reading step ``k``'s metrics (one step of lag keeps the device busy) and reads them
-synchronously before every save, so a checkpoint never holds a non-finite state. It stops on
-completion, on preemption (SIGTERM: save now) or on a non-finite loss / gradient norm (no
-save: the last good checkpoint stays the newest).
+synchronously before every save, so a checkpoint never holds a non-finite state (the step's
+``finite`` flag covers the loss, the gradient norm and the updated trainable parameters and
+optimizer state). It stops on completion, on preemption (SIGTERM: save now) or on a
+non-finite step (no save: the last good checkpoint stays the newest).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import jax
 import numpy as np
 
 from acformer_jax import batch as batch_lib
+from acformer_jax import outputs
 from acformer_jax import sharding as sharding_lib
 from acformer_jax.trainer import builder as builder_lib
 from acformer_jax.trainer import checkpoint as ckpt_lib
@@ -31,7 +33,7 @@ from acformer_jax.trainer import evaluation
 from acformer_jax.trainer import flops as flops_lib
 from acformer_jax.trainer import initialize, metrics as metrics_lib
 from acformer_jax.trainer import state as state_lib
-from acformer_jax.trainer.validate import ConfigError
+from acformer_jax.trainer.validate import ConfigError, validate
 
 logger = logging.getLogger("acformer_jax.trainer.loop")
 
@@ -44,6 +46,8 @@ def config_to_dict(config) -> Dict[str, Any]:
 def data_config(config) -> Dict[str, Any]:
   d = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data)
   d["global_batch_size"] = int(config.train.global_batch_size)
+  if config.train.get("epochs") is not None:
+    d["num_epochs"] = int(config.train.epochs)
   return d
 
 
@@ -63,14 +67,27 @@ def tokenizer_dir(config) -> Optional[pathlib.Path]:
   return pathlib.Path(path) if path else DEFAULT_TOKENIZER_DIR
 
 
-def build(config, mesh=None) -> builder_lib.Experiment:
-  """The experiment on ``mesh`` (default: ``config.mesh`` over every device)."""
+def total_steps(config, it=None) -> int:
+  """``train.steps``, or the steps of ``train.epochs`` passes over ``it``'s data source."""
+  if config.train.get("steps") is not None:
+    return int(config.train.steps)
+  from acformer_jax.data import epochs  # pylint: disable=import-outside-toplevel
+  if it is None or not hasattr(it, "num_records"):
+    raise ConfigError("train.epochs needs a data iterator that knows its dataset size "
+                      "(num_records); set train.steps instead")
+  return epochs.steps_for_epochs(int(config.train.epochs), it.num_records,
+                                 int(config.train.global_batch_size))
+
+
+def build(config, mesh=None, steps: Optional[int] = None) -> builder_lib.Experiment:
+  """The experiment on ``mesh`` (default: ``config.mesh`` over every device); ``steps``: the
+  schedule's length (default ``train.steps``)."""
   if mesh is None:
     try:
       mesh = sharding_lib.mesh_from_config(config)
     except ValueError as e:
       raise ConfigError(f"invalid config:\n  - {e}") from e
-  return builder_lib.build_experiment(config, mesh)
+  return builder_lib.build_experiment(config, mesh, steps=steps)
 
 
 def initial_state(config, ex: builder_lib.Experiment) -> state_lib.TrainState:
@@ -122,16 +139,18 @@ def _host_metrics(m) -> Dict[str, float]:
 
 
 def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
-  """Trains until ``config.train.steps`` (resuming if ``workdir`` has checkpoints).
+  """Trains for ``config.train.steps`` or ``train.epochs`` (resuming if ``workdir`` has
+  checkpoints). A data source that ends first (``data.num_epochs``, skipped samples) ends the
+  run there: the last step is saved and the run counts as completed (``data_exhausted``).
 
   Returns a summary dict (``status``: completed | preempted | nan, ``step``, last metrics,
   ``export_dir``, the last held-out ``eval`` of ``config.eval``: benchmark, step, metrics,
   answer file); also written to ``<workdir>/summary.json`` on process 0.
   """
   workdir = pathlib.Path(workdir).absolute()
-  ex = build(config, mesh)
-  mc, mesh, t = ex.mc, ex.mesh, config.train
-  total = int(t.steps)
+  outputs.check_writable(workdir, what="workdir")
+  mc = validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
+  t = config.train
   cfg_dict = config_to_dict(config)
   eval_task = evaluation.prepare(config.get("eval"), workdir, mc.vision.image_size)
   store = ckpt_lib.CheckpointStore(workdir / "checkpoints", save_every=int(config.checkpoint.every),
@@ -139,6 +158,9 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
                                    async_save=bool(config.checkpoint.async_save))
   check_same_model(store, cfg_dict)
   it = data_iterator if data_iterator is not None else make_data_iterator(config, mc)
+  total = total_steps(config, it)
+  ex = build(config, mesh, steps=total)
+  mesh = ex.mesh
   restored = store.restore_latest(ex.abstract_state)
   if restored is not None:
     state = restored.state
@@ -168,7 +190,7 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     bar = tqdm(total=total, initial=start, desc=f"stage {t.stage}", dynamic_ncols=True, mininterval=1.0)
 
-  status, last, losses, last_eval = "completed", {}, [], None
+  status, last, losses, last_eval, exhausted = "completed", {}, [], None, False
   last_saved = restored.step if restored is not None else None
   pending = None  # (step, metrics) not yet read
 
@@ -184,9 +206,9 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
     steps_run += 1
     losses.append(host["loss"])
     if bool(t.nan_guard) and not host["finite"]:
-      logger.error("non-finite loss %.4g / grad norm %.4g at step %d: halting; the last good "
-                   "checkpoint is step %s in %s", host["loss"], host["grad_norm"], step,
-                   last_saved, store.directory)
+      logger.error("non-finite step %d (loss %.4g, grad norm %.4g, or the updated parameters / "
+                   "optimizer state): halting; the last good checkpoint is step %s in %s", step,
+                   host["loss"], host["grad_norm"], last_saved, store.directory)
       return False
     if host["dropped_tokens"] > 0:
       logger.warning("step %d: %d supervised tokens beyond train.loss_positions=%d per row were "
@@ -222,7 +244,11 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
 
   try:
     for step in range(start, total):
-      batch = next(it)
+      try:
+        batch = next(it)
+      except StopIteration:
+        exhausted = True
+        break
       state, m = step_fn(state, batch_lib.to_device(batch, mesh))
       if pending is not None and not handle(*pending):
         status, pending = "nan", None
@@ -253,6 +279,13 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
         last_eval = run_eval(new_step)
     if pending is not None and not handle(*pending):
       status = "nan"
+    if exhausted and status == "completed":
+      final = int(jax.device_get(state.step))
+      logger.warning("the data ended at step %d of %d (data.num_epochs / train.epochs reached, "
+                     "or samples skipped); finishing there", final, total)
+      if final > start and last_saved != final and store.save(final, state, it.get_state(),
+                                                              cfg_dict, force=True):
+        last_saved = final
   finally:
     store.wait()
     watcher.close()
@@ -277,7 +310,7 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
              "export_dir": str(export_dir) if export_dir else None,
              "flops_per_step": real_total / max(steps_run, 1),  # real work, mean over the run
              "padded_flops_per_step": padded.total, "data": _json_safe(it.stats()),
-             "eval": last_eval}
+             "eval": last_eval, "total_steps": total, "data_exhausted": exhausted}
   if jax.process_index() == 0:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   return summary

@@ -57,6 +57,14 @@ def attention_pairs(segment_ids: jax.Array) -> jax.Array:
   return jnp.sum(jnp.square(counts.astype(jnp.float32)))
 
 
+def all_finite(tree) -> jax.Array:
+  """True iff every floating-point leaf of ``tree`` is finite (the NaN guard's view of what a
+  checkpoint would hold: the updated trainable parameters and optimizer state)."""
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+           if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: Callable, *,
                     trainable: Sequence[str], grad_accum: int = 1, seed: int = 0,
                     loss_positions: int = 0) -> Callable:
@@ -130,7 +138,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         "samples": jnp.sum(jnp.max(batch["segment_ids"], axis=1), dtype=jnp.int32),
         "attention_pairs": attention_pairs(batch["segment_ids"]),
         "token_accuracy": correct.astype(jnp.float32) / denom,
-        "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+        "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite((train, opt_state)),
     }
     new_state = state.replace(step=state.step + 1, params=optim.merge_params(train, frozen),
                               opt_state=opt_state)

@@ -67,6 +67,24 @@ def _check_model(mc: config_lib.ModelConfig, errors: List[str]) -> None:
                    "with that id would be replaced by visual tokens", mc.image_token_id, l.vocab_size)
 
 
+def _check_length(t, data, errors: List[str]) -> None:
+  """``train.steps`` or ``train.epochs``: exactly one of them."""
+  steps, epochs = t.get("steps"), t.get("epochs")
+  if steps is not None and epochs is not None:
+    errors.append(f"train.steps={steps} and train.epochs={epochs} are both set; set one of them "
+                  "(e.g. --config.train.steps=None to train for train.epochs)")
+  elif steps is None and epochs is None:
+    errors.append("neither train.steps nor train.epochs is set; set one of them")
+  elif steps is not None and int(steps) < 1:
+    errors.append(f"train.steps={steps} must be >= 1")
+  elif epochs is not None:
+    if int(epochs) < 1:
+      errors.append(f"train.epochs={epochs} must be >= 1")
+    elif data.get("num_epochs") is not None and int(data.num_epochs) != int(epochs):
+      errors.append(f"train.epochs={epochs} and data.num_epochs={data.num_epochs} disagree; "
+                    "leave data.num_epochs unset (train.epochs sets it)")
+
+
 def validate(config, *, num_devices: int, process_count: int = 1) -> config_lib.ModelConfig:
   """Checks an experiment config; returns its ModelConfig or raises :class:`ConfigError`."""
   errors: List[str] = []
@@ -92,8 +110,7 @@ def validate(config, *, num_devices: int, process_count: int = 1) -> config_lib.
           f"{mesh[1]} = {batch_devices}")
   if gb >= 1 and gb % process_count:
     errors.append(f"train.global_batch_size={gb} must be divisible by the {process_count} processes")
-  if int(t.steps) < 1:
-    errors.append(f"train.steps={t.steps} must be >= 1")
+  _check_length(t, config.data, errors)
   if int(t.log_every) < 1:
     errors.append(f"train.log_every={t.log_every} must be >= 1")
   if not t.optimizer.lr or float(t.optimizer.lr) <= 0:

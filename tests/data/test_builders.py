@@ -35,7 +35,7 @@ def test_instruct_records_hold_bytes_and_conversations(llava_instruct_folder, tm
     else:
       assert r["image"] == b""
   # Reopening from the directory alone works (no builder code needed to read).
-  again = tfds.builder_from_directory(str(tmp_path / "llava_instruct" / "1.0.0")).as_data_source("train")
+  again = tfds.builder_from_directory(str(b.data_dir)).as_data_source("train")
   assert len(again) == len(stored)
 
 

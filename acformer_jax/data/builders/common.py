@@ -67,18 +67,44 @@ def make_example(*, sample_id: str, image: bytes, image_path: str, has_image: bo
           "conversations": convs, "num_words": num_words(convs), "meta": json.dumps(meta or {})}
 
 
+def _bad_text(entry: Mapping[str, Any]) -> Optional[str]:
+  """Where ``entry`` holds text that cannot be stored as UTF-8 (lone surrogates, or invalid
+  bytes of the file, which :func:`fingerprint.read_json_text` turns into lone surrogates)."""
+  fields = [("id", entry.get("id")), ("image", entry.get("image"))]
+  fields += [(f"conversations[{i}].{k}", m.get(k)) for i, m in enumerate(entry["conversations"])
+             for k in ("from", "value")]
+  for name, value in fields:
+    if isinstance(value, str):
+      try:
+        value.encode("utf-8")
+      except UnicodeEncodeError as e:
+        return f"{name} is not valid UTF-8 text at character {e.start}"
+  return None
+
+
+def _skip(skipped, records, reason: str, index: int, json_path, why: str) -> None:
+  skipped[reason] = skipped.get(reason, 0) + 1
+  if records is not None:
+    records.setdefault(reason, []).append(index)
+  print(f"[acformer_jax.data] {json_path} entry {index} skipped ({reason}): {why}")
+
+
 def llava_examples(json_path: pathlib.Path, image_root: Optional[pathlib.Path],
-                   skipped: Dict[str, int]) -> Iterator[Tuple[int, Dict[str, Any]]]:
+                   skipped: Dict[str, int],
+                   records: Optional[Dict[str, list]] = None) -> Iterator[Tuple[int, Dict[str, Any]]]:
   """Reads a LLaVA JSON (list of samples); yields ``(index, example)``.
 
   Image files are read as bytes without decoding; a missing file gives ``b""`` (the pipeline
-  counts it as ``missing_image``). Unstorable entries are counted in ``skipped``.
+  counts it as ``missing_image``). Entries that cannot be stored are skipped and counted in
+  ``skipped`` by reason (their indices in ``records``): ``bad_record`` (schema), ``bad_text``
+  (text that is not valid UTF-8), ``bad_path`` (an image path resolving outside
+  ``image_root``; never read).
   """
+  from acformer_jax.data import fingerprint  # pylint: disable=import-outside-toplevel
   json_path = pathlib.Path(json_path)
   if not json_path.is_file():
     raise FileNotFoundError(f"LLaVA annotation file {json_path} does not exist")
-  with open(json_path, encoding="utf-8") as f:
-    data = json.load(f)
+  data = fingerprint.load_json(json_path)
   if not isinstance(data, list):
     raise ValueError(f"{json_path}: expected a JSON list of samples, got {type(data).__name__}")
   needs_images = any(isinstance(e, Mapping) and e.get("image") for e in data)
@@ -91,12 +117,19 @@ def llava_examples(json_path: pathlib.Path, image_root: Optional[pathlib.Path],
     if problem is None and rel is not None and not isinstance(rel, str):
       problem = "'image' must be a string path"
     if problem is not None:
-      skipped["bad_record"] = skipped.get("bad_record", 0) + 1
-      print(f"[acformer_jax.data] {json_path} entry {index} skipped: {problem}")
+      _skip(skipped, records, "bad_record", index, json_path, problem)
+      continue
+    text_problem = _bad_text(entry)
+    if text_problem is not None:
+      _skip(skipped, records, "bad_text", index, json_path, text_problem)
       continue
     image = b""
     if rel:
-      path = pathlib.Path(image_root) / rel
+      path = fingerprint.inside(pathlib.Path(image_root), rel)
+      if path is None:
+        _skip(skipped, records, "bad_path", index, json_path,
+              f"image {rel!r} resolves outside the image root {image_root}")
+        continue
       image = path.read_bytes() if path.is_file() else b""
     yield index, make_example(sample_id=str(entry.get("id", index)), image=image, image_path=rel or "",
                               has_image=bool(rel), conversations=entry["conversations"])

@@ -4,7 +4,9 @@ Spec: ``acformer.md`` 2.1 (``blip_laion_cc_sbu_558k.json`` + ``LLaVA-Pretrain/im
 (``llava_v1_5_mix665k.json`` + ``playground/data`` with coco/gqa/ocr_vqa/textvqa/vg folders,
 multi-turn and text-only samples). Users point a builder at their local files either with
 tfds' ``manual_dir`` (default file names inside it) or with the ``json_path`` / ``image_root``
-constructor arguments; see ``docs/data.md``.
+constructor arguments; see ``docs/data.md``. Built with ``json_path`` (the trainer always
+passes it), the build is named by the content fingerprint of its sources
+(``<data_dir>/<builder>/src_<fingerprint>/<version>``, :mod:`acformer_jax.data.fingerprint`).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Optional
 
 import tensorflow_datasets as tfds
 
+from acformer_jax.data import fingerprint
 from acformer_jax.data.builders import common
 
 
@@ -27,9 +30,14 @@ class _LlavaJsonBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
 
   def __init__(self, *, json_path: Optional[str] = None, image_root: Optional[str] = None, **kwargs):
     kwargs.setdefault("file_format", common.FILE_FORMAT)
-    self._json_path = pathlib.Path(json_path).expanduser() if json_path else None
-    self._image_root = pathlib.Path(image_root).expanduser() if image_root else None
-    self._skipped = {}
+    self._json_path = pathlib.Path(json_path).expanduser().absolute() if json_path else None
+    self._image_root = pathlib.Path(image_root).expanduser().absolute() if image_root else None
+    self._skipped, self._skipped_records, self._fingerprint = {}, {}, None
+    if self._json_path is not None and self._json_path.is_file() and kwargs.get("config") is None:
+      self._fingerprint = fingerprint.source_fingerprint(self._json_path, self._image_root,
+                                                         str(self.VERSION))
+      kwargs["config"] = tfds.core.BuilderConfig(
+          name=f"src_{self._fingerprint[:16]}", description=f"built from {self._json_path}")
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -49,10 +57,13 @@ class _LlavaJsonBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     self.info.metadata["source_json"] = str(json_path)
     self.info.metadata["image_root"] = str(image_root)
     self.info.metadata["build_skipped"] = self._skipped
+    self.info.metadata["skipped_records"] = self._skipped_records
+    self.info.metadata["fingerprint"] = self._fingerprint or fingerprint.source_fingerprint(
+        json_path, image_root, str(self.VERSION))
     return {"train": self._generate_examples(json_path, image_root)}
 
   def _generate_examples(self, json_path, image_root):
-    yield from common.llava_examples(json_path, image_root, self._skipped)
+    yield from common.llava_examples(json_path, image_root, self._skipped, self._skipped_records)
 
 
 class LlavaPretrain(_LlavaJsonBuilder):
