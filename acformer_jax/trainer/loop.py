@@ -26,7 +26,7 @@ from acformer_jax.models.mllm import MultimodalLM
 from acformer_jax.trainer import checkpoint as ckpt_lib
 from acformer_jax.trainer import evaluation
 from acformer_jax.trainer import flops as flops_lib
-from acformer_jax.trainer import initialize, metrics as metrics_lib, optim
+from acformer_jax.trainer import initialize, metrics as metrics_lib, optim, pretrained
 from acformer_jax.trainer import state as state_lib
 from acformer_jax.trainer import step as step_lib
 from acformer_jax.trainer.validate import ConfigError, validate
@@ -118,6 +118,7 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
   answer file); also written to ``<workdir>/summary.json`` on process 0.
   """
   workdir = pathlib.Path(workdir).absolute()
+  config = pretrained.resolve(config)  # init.from_pretrained: model, tokenizer, template
   b = build(config, mesh)
   mc, mesh, t = b["mc"], b["mesh"], config.train
   total = int(t.steps)

@@ -19,6 +19,9 @@ from acformer_jax.trainer import experiment
 logger = logging.getLogger("acformer_jax.trainer.validate")
 
 
+_OPTIONAL = ("head_dim", "rope_scaling")  # model fields whose None is a value
+
+
 class ConfigError(ValueError):
   """An invalid experiment config (the message lists every problem found)."""
 
@@ -90,6 +93,13 @@ def _check_model(mc: config_lib.ModelConfig, errors: List[str]) -> None:
 def validate(config, *, num_devices: int, process_count: int = 1) -> config_lib.ModelConfig:
   """Checks an experiment config; returns its ModelConfig or raises :class:`ConfigError`."""
   errors: List[str] = []
+  unset = [f"model.{s}.{k}" for s in ("vision", "llm", "connector")
+           for k, v in config.model[s].items() if v is None and k not in _OPTIONAL]
+  unset += ["model.image_token_id"] if config.model.get("image_token_id") is None else []
+  if unset:
+    raise ConfigError(f"{', '.join(unset[:4])}{' ...' if len(unset) > 4 else ''} unset: set "
+                      "init.from_pretrained=DIR (a checkpoint or HF Llava directory) to take the "
+                      "model from it, or give the fields")
   try:
     mc = config_lib.model_config_from_dict(config.model)
   except (TypeError, ValueError) as e:
