@@ -58,7 +58,7 @@ def resolve_mesh_shape(shape: Sequence[int], dcn_shape: Sequence[int], num_devic
   return tuple(a * b for a, b in zip(shape, dcn))
 
 
-def _check_model(mc: config_lib.ModelConfig, errors: List[str]) -> None:
+def _check_model(mc: config_lib.ModelConfig, errors: List[str], pretrained: bool = False) -> None:
   c, v, l = mc.connector, mc.vision, mc.llm
   if c.type not in config_lib.CONNECTOR_TYPES:
     errors.append(f"model.connector.type={c.type!r} is not one of {config_lib.CONNECTOR_TYPES}")
@@ -85,7 +85,7 @@ def _check_model(mc: config_lib.ModelConfig, errors: List[str]) -> None:
     v.num_computed_layers  # pylint: disable=pointless-statement
   except ValueError as e:
     errors.append(f"model.vision: {e}")
-  if mc.image_token_id < l.vocab_size and mc.image_token_id not in (0,):
+  if mc.image_token_id < l.vocab_size and mc.image_token_id not in (0,) and not pretrained:
     logger.warning("model.image_token_id=%d is inside the LLM vocabulary (%d): real text tokens "
                    "with that id would be replaced by visual tokens", mc.image_token_id, l.vocab_size)
 
@@ -104,7 +104,7 @@ def validate(config, *, num_devices: int, process_count: int = 1) -> config_lib.
     mc = config_lib.model_config_from_dict(config.model)
   except (TypeError, ValueError) as e:
     raise ConfigError(f"config.model: {e}") from e
-  _check_model(mc, errors)
+  _check_model(mc, errors, pretrained=bool(config.init.get("from_pretrained")))
 
   t = config.train
   mesh = resolve_mesh_shape(config.mesh.shape, config.mesh.dcn_shape, num_devices, errors)
