@@ -3,10 +3,10 @@
 Usage::
 
   python -m acformer_jax.analyze --checkpoint DIR --image PATH --out DIR \
-      [--budgets 64,144,256] [--norm-ratio 2.0] [--select-layer -2] [--pad-to-square]
+      [--budgets 64,144,256] [--norm_ratio 2.0] [--select_layer -2] [--pad_to_square]
 
-``DIR`` is an acformer_jax checkpoint (``model_config.json`` + ``params/``) or a
-transformers CLIP directory. Writes to ``--out``: ``norm_maps.png`` (per-layer token
+``DIR`` is an acformer_jax checkpoint (``model_config.json`` + ``params/``), a
+transformers Llava directory or a transformers CLIP directory. Writes to ``--out``: ``norm_maps.png`` (per-layer token
 norms over the patch grid), ``cls_attention_maps.png`` (per-layer head-averaged CLS
 attention), ``cls_attention_heads.png`` (per-head CLS attention of the selection layer),
 ``norm_profile.png``, ``pca.png`` (PCA of the selection layer's patch features),
@@ -17,7 +17,6 @@ Budgets that do not fit the model's grid are scaled to the same fraction of the 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import pathlib
@@ -25,32 +24,35 @@ import sys
 from typing import Dict, Optional, Sequence
 
 import numpy as np
+from absl import app
+
+from acformer_jax import cli
+
+_CHECKPOINT = cli.define("string", "checkpoint", None, "acformer_jax checkpoint, transformers "
+                         "Llava or CLIP directory.")
+_IMAGE = cli.define("string", "image", None, "Image file (PNG/JPEG/...).")
+_OUT = cli.define("string", "out", None, "Output directory for the PNGs and summary.json.")
+_BUDGETS = cli.define("list", "budgets", ["64", "144", "256"], "Anchor budgets K, "
+                      "comma-separated.")
+_NORM_RATIO = cli.define("float", "norm_ratio", 2.0, "High-norm threshold: norm > ratio x "
+                         "median patch norm.")
+_SELECT_LAYER = cli.define("integer", "select_layer", None, "ViT layer whose CLS attention "
+                           "selects anchors (default: the checkpoint's).")
+_PAD = cli.define("bool", "pad_to_square", False, "Pad to a square with the CLIP mean colour "
+                  "first (LLaVA stage 2 / eval).")
+cli.show_common_flags()
 
 
-def _parse_budgets(text: str):
+def parse_budgets(items) -> list:
+  """``["64", "144"]`` (or ``"64,144"``) -> ``[64, 144]``; raises ``app.UsageError``."""
+  text = ",".join(items) if isinstance(items, (list, tuple)) else str(items)
   try:
     out = [int(t) for t in text.split(",") if t.strip()]
   except ValueError:
-    raise argparse.ArgumentTypeError(f"--budgets wants comma-separated integers, got {text!r}")
+    raise app.UsageError(f"--budgets wants comma-separated integers, got {text!r}") from None
   if not out or min(out) < 1:
-    raise argparse.ArgumentTypeError(f"--budgets wants positive integers, got {text!r}")
+    raise app.UsageError(f"--budgets wants positive integers, got {text!r}")
   return out
-
-
-def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m acformer_jax.analyze", description=__doc__.split("\n")[0])
-  p.add_argument("--checkpoint", required=True, help="acformer_jax checkpoint or CLIP directory")
-  p.add_argument("--image", required=True, help="image file (PNG/JPEG/...)")
-  p.add_argument("--out", required=True, help="output directory for the PNGs and summary.json")
-  p.add_argument("--budgets", type=_parse_budgets, default=[64, 144, 256],
-                 help="anchor budgets K (default: 64,144,256)")
-  p.add_argument("--norm-ratio", type=float, default=2.0,
-                 help="high-norm threshold: norm > ratio * median patch norm (default 2)")
-  p.add_argument("--select-layer", type=int, default=None,
-                 help="ViT layer whose CLS attention selects anchors (default: the checkpoint's)")
-  p.add_argument("--pad-to-square", action="store_true",
-                 help="pad to a square with the CLIP mean colour first (LLaVA stage 2 / eval)")
-  return p
 
 
 def _clean(x):
@@ -147,16 +149,22 @@ def analyze(checkpoint, image, out, *, budgets: Sequence[int] = (64, 144, 256),
   return summary
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  args = build_parser().parse_args(argv)
+def _main(argv: Sequence[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {list(argv[1:])}")
+  missing = [f"--{n}" for n, f in (("checkpoint", _CHECKPOINT), ("image", _IMAGE), ("out", _OUT))
+             if not f.value]
+  if missing:
+    raise app.UsageError(f"missing required flag(s): {', '.join(missing)}")
+  budgets = parse_budgets(_BUDGETS.value)
   try:
-    s = analyze(args.checkpoint, args.image, args.out, budgets=args.budgets,
-                norm_ratio=args.norm_ratio, select_layer=args.select_layer,
-                pad_to_square=args.pad_to_square)
+    s = analyze(_CHECKPOINT.value, _IMAGE.value, _OUT.value, budgets=budgets,
+                norm_ratio=_NORM_RATIO.value, select_layer=_SELECT_LAYER.value,
+                pad_to_square=_PAD.value)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  out = pathlib.Path(args.out)
+  out = pathlib.Path(_OUT.value)
   for name in s["figures"].values():
     print(out / name)
   print(out / "summary.json")
@@ -167,5 +175,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   return 0
 
 
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """In-process entry (``argv`` without the program name); usage errors exit with 2."""
+  try:
+    return _main(cli.parse_in_process("analyze", argv if argv is not None else sys.argv[1:]))
+  except app.UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+def run() -> None:
+  cli.run(lambda argv: sys.exit(_main(argv)))
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  run()

@@ -17,13 +17,12 @@ flags) each read only the shards their devices hold. Spec: ``jax_practices.md`` 
 from __future__ import annotations
 
 import json
-import logging
 import resource
 import sys
 
 from absl import app, flags
 
-from acformer_jax import distributed
+from acformer_jax import cli, distributed
 
 FORMAT_NAMES = ("hf-llava", "llava", "acformer", "llava-stage1", "hf-clip",
                 "hf-<family> (hf-llama, hf-llama3, hf-qwen2, hf-mistral, hf-gemma, ...)")
@@ -49,6 +48,7 @@ _TOL = flags.DEFINE_float("check_tolerance", 1e-3, "Self-check bound on max|Δlo
                           "to max(1, max|logit|).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "tqdm progress bar (process 0).")
 distributed.define_flags()
+cli.show_common_flags()
 
 
 def peak_rss_mb() -> float:
@@ -66,8 +66,6 @@ def main(argv) -> int:
       connector = json.loads(_CONNECTOR.value)
     except ValueError as e:
       raise app.UsageError(f"--connector must be a JSON object: {e}") from None
-  logging.getLogger("acformer_jax").setLevel(logging.INFO)
-  logging.getLogger("absl").setLevel(logging.WARNING)
   info = distributed.initialize_from_flags()
   from acformer_jax import sharding  # pylint: disable=import-outside-toplevel
   from acformer_jax.conversion import pipeline  # pylint: disable=import-outside-toplevel
@@ -89,7 +87,7 @@ def main(argv) -> int:
 
 
 def run() -> None:
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(lambda argv: sys.exit(main(argv)))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import sys
 from absl import app
 from absl import flags
 
+from acformer_jax import cli
 from acformer_jax.evals import io as eio
 from acformer_jax.evals import registry
 
@@ -127,4 +128,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -12,12 +12,11 @@ key layout with the CLIP tower in ``vision_tower/``. Safetensors shards (``--max
 """
 from __future__ import annotations
 
-import logging
 import sys
 
 from absl import app, flags
 
-from acformer_jax import distributed
+from acformer_jax import cli, distributed
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint directory (model_config.json "
                                   "+ params/).")
@@ -32,6 +31,7 @@ _MESH = flags.DEFINE_string("mesh", "1,-1,1", "data,fsdp,tensor mesh to restore 
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "tqdm progress bar (process 0).")
 distributed.define_flags()
+cli.show_common_flags()
 
 
 def main(argv) -> int:
@@ -39,8 +39,6 @@ def main(argv) -> int:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   if not _CHECKPOINT.value or not _FORMAT.value or not _OUTPUT.value:
     raise app.UsageError("--checkpoint, --format and --output are required")
-  logging.getLogger("acformer_jax").setLevel(logging.INFO)
-  logging.getLogger("absl").setLevel(logging.WARNING)
   info = distributed.initialize_from_flags()
   from acformer_jax import sharding  # pylint: disable=import-outside-toplevel
   from acformer_jax.conversion import exporting  # pylint: disable=import-outside-toplevel
@@ -60,7 +58,7 @@ def main(argv) -> int:
 
 
 def run() -> None:
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(lambda argv: sys.exit(main(argv)))
 
 
 if __name__ == "__main__":

@@ -7,46 +7,50 @@ The prompt uses the ``vicuna_v1`` template; decoding is greedy unless ``--temper
 (then ``--top_k`` / ``--top_p`` filter the distribution). ``--interactive`` is a multi-turn
 chat on one image like LLaVA's CLI: every stdin line is a user turn, the conversation is
 kept, and each answer is printed as ``ASSISTANT: ...``; an empty input, ``exit`` or EOF ends
-it. ``DIR`` is an inference checkpoint (docs/inference.md).
+it. ``DIR`` is an inference checkpoint (docs/inference.md) or a transformers Llava
+directory (converted on the fly, nothing written).
 """
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
+
+from absl import app
+
+from acformer_jax import cli
+
+_CHECKPOINT = cli.define("string", "checkpoint", None, "Checkpoint directory (model_config.json "
+                         "+ params/, a training export) or a transformers Llava directory.")
+_IMAGE = cli.define("string", "image", None, "Image file (omit for a text-only prompt).")
+_PROMPT = cli.define("string", "prompt", None, "Question (required unless --interactive).")
+_INTERACTIVE = cli.define("bool", "interactive", False, "Multi-turn chat from stdin.")
+_TEMPLATE = cli.define("string", "template", "vicuna_v1", "Conversation template.")
+_MAX_NEW = cli.define("integer", "max_new_tokens", 512, "Most tokens generated per answer.")
+_TEMPERATURE = cli.define("float", "temperature", 0.0, "Sampling temperature; 0 = greedy.")
+_TOP_K = cli.define("integer", "top_k", 0, "Top-k filter; 0 = off.")
+_TOP_P = cli.define("float", "top_p", 1.0, "Nucleus filter; 1 = off.")
+_SEED = cli.define("integer", "seed", 0, "Sampling seed.")
+_STOP = cli.define("multi_string", "stop", [], "Extra stop string (repeatable).")
+_TOKENIZER = cli.define("string", "tokenizer", None, "Tokenizer directory (default: the "
+                        "checkpoint's).")
+_MESH = cli.define("string", "mesh", None, "Local mesh data,fsdp,tensor, e.g. 1,1,-1 "
+                   "(default: one device).")
+_DTYPE = cli.define("string", "dtype", None, "Compute dtype override, e.g. bfloat16.")
+_BUCKET = cli.define("integer", "bucket", 64, "Prompt-length bucket (jit shapes).")
+cli.show_common_flags()
 
 
-def _parse(argv):
-  p = argparse.ArgumentParser(prog="python -m acformer_jax.generate",
-                              description=__doc__.split("\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--checkpoint", required=True, help="inference checkpoint directory")
-  p.add_argument("--image", help="image file (omit for a text-only prompt)")
-  p.add_argument("--prompt", help="question (required unless --interactive)")
-  p.add_argument("--interactive", action="store_true", help="multi-turn chat from stdin")
-  p.add_argument("--template", default="vicuna_v1", help="conversation template")
-  p.add_argument("--max_new_tokens", type=int, default=512)
-  p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-  p.add_argument("--top_k", type=int, default=0, help="0 = off")
-  p.add_argument("--top_p", type=float, default=1.0, help="1 = off")
-  p.add_argument("--seed", type=int, default=0, help="sampling seed")
-  p.add_argument("--stop", action="append", default=[], help="extra stop string (repeatable)")
-  p.add_argument("--tokenizer", help="tokenizer directory (default: from the checkpoint)")
-  p.add_argument("--mesh", help="local mesh data,fsdp,tensor, e.g. 1,1,-1 (default: 1 device)")
-  p.add_argument("--dtype", help="compute dtype override, e.g. bfloat16")
-  p.add_argument("--bucket", type=int, default=64, help="prompt-length bucket (jit shapes)")
-  args = p.parse_args(argv)
-  if not args.interactive and not args.prompt:
-    p.error("--prompt is required unless --interactive")
-  if args.mesh:
-    try:
-      args.mesh = tuple(int(x) for x in args.mesh.split(","))
-    except ValueError:
-      p.error(f"--mesh must be three comma-separated ints, got {args.mesh!r}")
-    if len(args.mesh) != 3:
-      p.error(f"--mesh must be data,fsdp,tensor, got {args.mesh}")
-  return args
+def _mesh(text: Optional[str]):
+  if not text:
+    return None
+  try:
+    mesh = tuple(int(x) for x in text.split(","))
+  except ValueError:
+    raise app.UsageError(f"--mesh must be three comma-separated ints, got {text!r}") from None
+  if len(mesh) != 3:
+    raise app.UsageError(f"--mesh must be data,fsdp,tensor, got {text!r}")
+  return mesh
 
 
 def _load_image(path: Optional[str]):
@@ -78,7 +82,8 @@ def _turns(first: Optional[str]):
     yield line.strip()
 
 
-def run(args) -> int:
+def generate(args) -> int:
+  """Answers ``args.prompt`` (or the stdin turns) about ``args.image``; prints the answers."""
   import jax  # pylint: disable=import-outside-toplevel
   from acformer_jax.inference import pipeline, sampling  # pylint: disable=import-outside-toplevel
   sampler = sampling.SamplerConfig(args.temperature, args.top_k, args.top_p)
@@ -99,14 +104,44 @@ def run(args) -> int:
   return 0
 
 
-def main(argv=None) -> int:
-  args = _parse(argv)
+def _args():
+  import types  # pylint: disable=import-outside-toplevel
+  if not _CHECKPOINT.value:
+    raise app.UsageError("--checkpoint is required")
+  if not _INTERACTIVE.value and not _PROMPT.value:
+    raise app.UsageError("--prompt is required unless --interactive")
+  return types.SimpleNamespace(
+      checkpoint=_CHECKPOINT.value, image=_IMAGE.value, prompt=_PROMPT.value,
+      interactive=_INTERACTIVE.value, template=_TEMPLATE.value, max_new_tokens=_MAX_NEW.value,
+      temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value, seed=_SEED.value,
+      stop=list(_STOP.value or []), tokenizer=_TOKENIZER.value, mesh=_mesh(_MESH.value),
+      dtype=_DTYPE.value, bucket=_BUCKET.value)
+
+
+def _main(argv: Sequence[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {list(argv[1:])}")
+  args = _args()
   try:
-    return run(args)
+    return generate(args)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
 
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """In-process entry (``argv`` without the program name); usage errors exit with 2."""
+  try:
+    rest = cli.parse_in_process("generate", argv if argv is not None else sys.argv[1:])
+    return _main(rest)
+  except app.UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+def run() -> None:
+  cli.run(lambda argv: sys.exit(_main(argv)))
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  run()

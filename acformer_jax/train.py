@@ -5,23 +5,21 @@
 
 ``--config`` is an ml_collections file with ``get_config()`` (``path.py:arg`` passes an
 argument, e.g. ``configs/vicuna7b_stage1.py:acformer144``); any field can be overridden as
-``--config.<section>.<field>=value``. Re-running the same command resumes from the newest
+``--config.<section>.<field>=value`` (``=None`` sets None). Re-running the same command resumes from the newest
 readable checkpoint in ``--workdir``. Exit status: 0 completed or preempted (a checkpoint
 was saved), 3 halted on a non-finite loss, 2 invalid config. See docs/training.md.
 Spec: ``acformer.md`` 2.1-2.2, ``jax_practices.md`` items 1-6, 9-10, 12-15.
 """
 from __future__ import annotations
 
-import logging
 import os
 import pathlib
 import sys
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from acformer_jax import distributed
+from acformer_jax import cli, distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config()).",
                                           lock_config=True)
@@ -31,6 +29,7 @@ _CACHE = flags.DEFINE_string(
                                     str(pathlib.Path.home() / ".cache" / "acformer_jax" / "xla")),
     "Persistent XLA compilation cache directory ('' disables it).")
 distributed.define_flags()
+cli.show_common_flags()
 
 EXIT_NAN = 3
 EXIT_CONFIG = 2
@@ -49,11 +48,9 @@ def main(argv) -> int:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required")
-  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file at INFO
   # XLA:CPU runs every simulated device's collectives on one pool sized by NPROC (default:
   # the core count); too few threads for 8 devices can deadlock. No effect on TPU/GPU.
   os.environ.setdefault("NPROC", str(max(16, os.cpu_count() or 1)))
-  logging.getLogger("acformer_jax").setLevel(logging.INFO)
   distributed.initialize_from_flags()
   _setup_jax(_CACHE.value)
   from acformer_jax.trainer import loop  # pylint: disable=import-outside-toplevel
@@ -69,7 +66,7 @@ def main(argv) -> int:
 
 
 def run() -> None:
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(lambda argv: sys.exit(main(argv)), config_flag="config", quiet_tfds=True)
 
 
 if __name__ == "__main__":

@@ -146,8 +146,10 @@ def test_clear_errors(tmp_path, image_file, mllm_checkpoint, capsys):
   with pytest.raises(ValueError, match="not a readable image"):
     analyze.analyze(mllm_checkpoint[0], bad, tmp_path / "o")
   with pytest.raises(SystemExit):
-    analyze.build_parser().parse_args(["--checkpoint", "x", "--image", "y", "--out", "z",
-                                       "--budgets", "a,b"])
+    analyze.main(["--checkpoint", "x", "--image", "y", "--out", "z", "--budgets", "a,b"])
+  assert "--budgets wants comma-separated integers" in capsys.readouterr().err
+  with pytest.raises(SystemExit):  # snake_case flags only (one CLI style)
+    analyze.main(["--checkpoint", "x", "--image", "y", "--out", "z", "--norm-ratio", "2"])
 
 
 def test_loads_the_vision_tower_of_a_transformers_llava(tmp_path):

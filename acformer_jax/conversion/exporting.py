@@ -4,7 +4,9 @@ Spec: ``jax_practices.md`` item 7 (reverse exporter, multi-host) and section 9.6
 ``acformer.md`` 2.9 / 1.5 for the target layouts.
 
 * ``hf-llava``: a ``LlavaForConditionalGeneration`` directory (``from_pretrained``), in
-  the layout the checkpoint was converted from (or ``--layout``), all vocab rows kept.
+  the layout the checkpoint was converted from (or ``--layout``), all vocab rows kept, with
+  the processor files ``AutoProcessor`` reads (``hf_processor``: tokenizer with ``<image>``,
+  image processor, chat template).
 * ``llava`` / ``acformer``: the original key layout (``model.layers.*``, ``lm_head``,
   ``model.mm_projector.*``) plus the CLIP tower in ``vision_tower/`` (a
   ``CLIPVisionModel`` directory that ``mm_vision_tower`` points to).
@@ -158,6 +160,21 @@ def _copy_tokenizer(checkpoint: pathlib.Path, out: pathlib.Path) -> None:
       shutil.copy2(f, out / f.name)
 
 
+def _write_processor(checkpoint: pathlib.Path, mc: config_lib.ModelConfig,
+                     out: pathlib.Path) -> None:
+  """Tokenizer + processor + chat template (``hf_processor``), with the template and
+  padding the checkpoint was trained or converted with."""
+  from acformer_jax.conversion import hf_processor  # pylint: disable=import-outside-toplevel
+  from acformer_jax.trainer import pretrained  # pylint: disable=import-outside-toplevel
+  src = inf_loading.find_tokenizer_dir(checkpoint)
+  if src is None:
+    log.warning("%s has no tokenizer; the export has no tokenizer or processor either", checkpoint)
+    return
+  defaults = pretrained.checkpoint_defaults(checkpoint, mc)
+  hf_processor.write_processor(out, mc, src, pad_to_square=defaults["pad_to_square"],
+                               template=defaults["template"])
+
+
 def export(checkpoint, fmt: str, output, *, mesh=None, layout: Optional[str] = None,
            dtype: Optional[str] = None, max_shard_size="5GB", overwrite: bool = False,
            progress: bool = False) -> pathlib.Path:
@@ -216,7 +233,10 @@ def export(checkpoint, fmt: str, output, *, mesh=None, layout: Optional[str] = N
         (tmp / VISION_DIR / "config.json").write_text(json.dumps(vcfg, indent=2) + "\n")
     if host0:
       (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
-      _copy_tokenizer(checkpoint, tmp)
+      if fmt == "hf-llava":
+        _write_processor(checkpoint, mc, tmp)
+      else:
+        _copy_tokenizer(checkpoint, tmp)
       commit_directory(tmp, output, overwrite=True)  # (checked before any work)
     _barrier("export:done")
   except BaseException:

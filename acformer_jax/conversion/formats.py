@@ -96,20 +96,74 @@ FORMATS: Dict[str, Callable[..., plan_lib.Plan]] = {
 EXPORT_FORMATS = ("hf-llava", "llava", "acformer")
 
 
+def detect_format(input_path) -> Optional[str]:
+  """The input format ``input_path`` looks like, from its files (None if unsure).
+
+  ``"acformer_jax"`` means the directory is already one of this stack's checkpoints.
+  """
+  import json  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  p = pathlib.Path(input_path)
+  if p.name == "mm_projector.bin" or (p / "mm_projector.bin").is_file() and not has_weights(p):
+    return "llava-stage1"
+  if (p / "model_config.json").is_file() and (p / "params").is_dir():
+    return "acformer_jax"
+  try:
+    cfg = json.loads((p / "config.json").read_text())
+  except (OSError, ValueError):
+    return None
+  kind = cfg.get("model_type")
+  if kind == "llava":
+    return "hf-llava"
+  if kind in ("llava_llama", "llava") or "mm_projector_type" in cfg:
+    return "acformer" if any(k.startswith("acformer_") for k in cfg) else "llava"
+  if kind in ("clip", "clip_vision_model"):
+    return "hf-clip"
+  if kind == "llama":
+    return "hf-llama"
+  return None
+
+
+def format_hint(fmt: Optional[str], input_path) -> str:
+  """A sentence suggesting the right ``--format`` for ``input_path`` ('' if none)."""
+  found = detect_format(input_path) if input_path is not None else None
+  if found is None or found == fmt:
+    return ""
+  if found == "acformer_jax":
+    return (f" ({input_path} is already an acformer_jax checkpoint: train, generate and "
+            "evaluate read it as it is)")
+  return f" ({input_path} looks like --format {found})"
+
+
 def make_plan(fmt: str, input_path, vision=None, llm=None, connector: Optional[dict] = None,
               select_layer: int = -2) -> plan_lib.Plan:
   """Plans a conversion (reads config files and tensor headers only)."""
   if fmt not in FORMATS and not llm_format_family(fmt):
-    raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(format_names())}")
+    import difflib  # pylint: disable=import-outside-toplevel
+    close = difflib.get_close_matches(str(fmt), sorted(format_names()), n=1)
+    raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(format_names())}"
+                     + (f"; did you mean {close[0]!r}?" if close else "")
+                     + format_hint(None, input_path))
   if input_path is None:
     raise ValueError("--input is required")
   if connector and fmt not in ("hf-clip", "llava-stage1") and not llm_format_family(fmt):
     raise ValueError(f"--connector does not apply to {fmt}: the checkpoint defines its connector")
   planner = FORMATS.get(fmt) or (lambda *a, **k: _plan_towers(fmt, *a, **k))
-  plan = planner(input_path, vision=vision, llm=llm, connector=connector,
-                      select_layer=select_layer)
+  try:
+    plan = planner(input_path, vision=vision, llm=llm, connector=connector,
+                   select_layer=select_layer)
+  except (ValueError, FileNotFoundError) as e:  # ConversionError is a ValueError
+    hint = format_hint(fmt, input_path)
+    try:
+      better = type(e)(f"{e}{hint}") if hint else None
+    except Exception:  # pylint: disable=broad-except  (an exception type with other args)
+      better = None
+    if better is None:
+      raise
+    raise better from None
   plan_lib.add_split_views(plan.source, plan.keymap, plan.problems)
   return plan
 
 
-__all__ = ["EXPORT_FORMATS", "FORMATS", "format_names", "llm_format_family", "make_plan"]
+__all__ = ["EXPORT_FORMATS", "FORMATS", "detect_format", "format_hint", "format_names",
+           "llm_format_family", "make_plan"]

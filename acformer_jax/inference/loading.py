@@ -110,7 +110,8 @@ def load_for_inference(directory, *, mesh=None, tokenizer_dir=None, dtype: Optio
   """Builds the model and restores its params (sharded on ``mesh`` when given).
 
   Args:
-    directory: checkpoint directory in the layout above.
+    directory: checkpoint directory in the layout above, or a transformers Llava directory
+      (converted on the fly).
     mesh: optional ``(data, fsdp, tensor)`` mesh to restore onto.
     tokenizer_dir: overrides the tokenizer location.
     dtype: optional compute dtype override (e.g. ``"bfloat16"``); params keep theirs.
@@ -120,6 +121,8 @@ def load_for_inference(directory, *, mesh=None, tokenizer_dir=None, dtype: Optio
   directory = pathlib.Path(directory)
   if not directory.is_dir():
     raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+  if not (directory / CONFIG_FILE).is_file() and is_hf_llava(directory):
+    return _load_hf_llava(directory, mesh, tokenizer_dir, dtype, require_tokenizer)
   mc = read_model_config(directory)
   if dtype is not None:
     mc = dataclasses.replace(mc, dtype=dtype)
@@ -135,6 +138,33 @@ def load_for_inference(directory, *, mesh=None, tokenizer_dir=None, dtype: Optio
     raise ValueError(f"{params_dir}: the params do not match {directory / CONFIG_FILE} "
                      f"({type(e).__name__}: {str(e)[:500]})") from None
   integrity.verify(params, integrity.read_sidecar(params_dir), f"params {params_dir}")
+  return LoadedModel(mc, model, params, _tokenizer(directory, tokenizer_dir, require_tokenizer),
+                     directory)
+
+
+def is_hf_llava(directory) -> bool:
+  """True for a transformers ``LlavaForConditionalGeneration`` directory."""
+  path = pathlib.Path(directory) / "config.json"
+  try:
+    return path.is_file() and json.loads(path.read_text()).get("model_type") == "llava"
+  except ValueError:
+    return False
+
+
+def _load_hf_llava(directory: pathlib.Path, mesh, tokenizer_dir, dtype, require_tokenizer):
+  """An HF Llava directory converted on the fly (the converter's tables; nothing written)."""
+  from acformer_jax.conversion import formats, pipeline  # pylint: disable=import-outside-toplevel
+  plan = formats.make_plan("hf-llava", directory)
+  if mesh is None:
+    mesh = sharding_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  mc, params = pipeline.build_params(plan, mesh)
+  if dtype is not None:
+    mc = dataclasses.replace(mc, dtype=dtype)
+  return LoadedModel(mc, MultimodalLM(mc), params,
+                     _tokenizer(directory, tokenizer_dir, require_tokenizer), directory)
+
+
+def _tokenizer(directory: pathlib.Path, tokenizer_dir, require_tokenizer: bool):
   tok_dir = pathlib.Path(tokenizer_dir) if tokenizer_dir else find_tokenizer_dir(directory)
   tokenizer = None
   if tok_dir is None:
@@ -145,7 +175,7 @@ def load_for_inference(directory, *, mesh=None, tokenizer_dir=None, dtype: Optio
   else:
     from acformer_jax.data.tokenizer import load_tokenizer  # pylint: disable=import-outside-toplevel
     tokenizer = load_tokenizer(tok_dir)
-  return LoadedModel(mc, model, params, tokenizer, directory)
+  return tokenizer
 
 
 def save_params(path: pathlib.Path, params: Any, chunk_bytes: int = 64 << 20) -> None:

@@ -84,9 +84,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Per subtree: "" (random init), "orbax:<path>[#<prefix>]" (a run, checkpoint, step or
   # params export), "hf_clip:<dir>" or "hf_llama:<dir>" (a Hugging Face checkpoint directory).
-  # `params_from` is the default for the subtrees left empty.
+  # `params_from` is the default for the subtrees left empty. `from_pretrained=DIR` (a
+  # checkpoint or an HF Llava directory) is too, and also supplies the model, tokenizer and
+  # template defaults the config leaves unset (trainer/pretrained.py, configs/finetune.py).
   c.init = ml_collections.ConfigDict({"params_from": "", "vision": "", "connector": "", "llm": "",
-                                      "allow_random": False})
+                                      "allow_random": False, "from_pretrained": ""})
 
   # Held-out evaluation inside the job (trainer/evaluation.py); benchmark "" = off.
   c.eval = evaluation.default_config()
@@ -194,8 +196,23 @@ def parse_source(spec: str, subtree: str) -> Dict[str, str]:
 
 def init_sources(init_cfg) -> Dict[str, Dict[str, str]]:
   """Subtree -> parsed source (empty dict = random init)."""
-  return {name: parse_source(init_cfg.get(name) or init_cfg.get("params_from") or "", name)
+  pre = init_cfg.get("from_pretrained") or ""
+  return {name: (parse_source(init_cfg.get(name) or init_cfg.get("params_from") or "", name)
+                 if init_cfg.get(name) or not pre else
+                 {"kind": "pretrained", "path": pre, "prefix": name})
           for name in INIT_SUBTREES}
+
+
+def unset_model(c: ml_collections.ConfigDict) -> None:
+  """Leaves every model-shaped field unset (None) so ``init.from_pretrained`` supplies it:
+  ``vision``, ``llm``, ``connector`` and ``image_token_id`` (``trainer/pretrained.py``)."""
+  for section in ("vision", "llm", "connector"):
+    sub = c.model[section]
+    for k in list(sub.keys()):
+      v = sub[k]
+      kind = type(v) if v is not None else sub.get_type(k) if hasattr(sub, "get_type") else str
+      sub[k] = config_dict.placeholder(tuple if k == "rope_scaling" else kind)
+  c.model.image_token_id = config_dict.placeholder(int)
 
 
 def tiny(c: ml_collections.ConfigDict, connector: str = "acformer") -> None:

@@ -4,7 +4,8 @@ Spec: ``acformer.md`` 2.1-2.2 (stage 1: CLIP + Vicuna + a new connector; stage 2
 connector + the converted LLM) and ``jax_practices.md`` items 3, 6 and 12 (load each tower
 from its own source straight into its target sharding; never materialise full parameters on
 one host). ``config.init`` names a source per top-level subtree (``vision``, ``connector``,
-``llm``), see :func:`acformer_jax.trainer.experiment.init_sources`; subtrees without a source
+``llm``), see :func:`acformer_jax.trainer.experiment.init_sources` (``init.from_pretrained``:
+every subtree from one checkpoint, ``trainer/pretrained.py``); subtrees without a source
 are drawn from the model's initialisers, and only those are computed.
 """
 from __future__ import annotations
@@ -61,6 +62,9 @@ def load_subtree(name: str, src: Mapping[str, str], abstract, mc: config_lib.Mod
     cfg, loaded = load_hf_llama(path, param_dtype=mc.param_dtype, shardings=shardings,
                                 family=mc.llm.family)
     _check_fields(kind, path, cfg, mc.llm, _LLM_FIELDS)
+  elif kind == "pretrained":  # init.from_pretrained: the config was resolved from it
+    from acformer_jax.trainer import pretrained  # pylint: disable=import-outside-toplevel
+    loaded = pretrained.load_subtree(path, name, abstract)
   elif kind == "hf_clip":
     from acformer_jax.conversion.towers import load_hf_clip_vision  # pylint: disable=import-outside-toplevel
     cfg, loaded = load_hf_clip_vision(path, select_layer=mc.vision.select_layer,

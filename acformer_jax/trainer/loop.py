@@ -31,7 +31,7 @@ from acformer_jax.trainer import builder as builder_lib
 from acformer_jax.trainer import checkpoint as ckpt_lib
 from acformer_jax.trainer import evaluation
 from acformer_jax.trainer import flops as flops_lib
-from acformer_jax.trainer import initialize, metrics as metrics_lib
+from acformer_jax.trainer import initialize, metrics as metrics_lib, pretrained
 from acformer_jax.trainer import state as state_lib
 from acformer_jax.trainer.validate import ConfigError, validate
 
@@ -148,6 +148,7 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
   answer file); also written to ``<workdir>/summary.json`` on process 0.
   """
   workdir = pathlib.Path(workdir).absolute()
+  config = pretrained.resolve(config)  # init.from_pretrained: model, tokenizer, template
   outputs.check_writable(workdir, what="workdir")
   mc = validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
   t = config.train

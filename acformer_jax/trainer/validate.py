@@ -19,6 +19,9 @@ from acformer_jax.trainer import experiment
 logger = logging.getLogger("acformer_jax.trainer.validate")
 
 
+_OPTIONAL = ("head_dim", "rope_scaling")  # model fields whose None is a value
+
+
 class ConfigError(ValueError):
   """An invalid experiment config (the message lists every problem found)."""
 
@@ -35,7 +38,7 @@ def resolve_mesh_shape(shape: Sequence[int], dcn_shape: Sequence[int], num_devic
   return tuple(a * b for a, b in zip(ici, dcn))
 
 
-def _check_model(mc: config_lib.ModelConfig, errors: List[str]) -> None:
+def _check_model(mc: config_lib.ModelConfig, errors: List[str], pretrained: bool = False) -> None:
   c, v, l = mc.connector, mc.vision, mc.llm
   if c.type not in config_lib.CONNECTOR_TYPES:
     errors.append(f"model.connector.type={c.type!r} is not one of {config_lib.CONNECTOR_TYPES}")
@@ -62,7 +65,7 @@ def _check_model(mc: config_lib.ModelConfig, errors: List[str]) -> None:
     v.num_computed_layers  # pylint: disable=pointless-statement
   except ValueError as e:
     errors.append(f"model.vision: {e}")
-  if mc.image_token_id < l.vocab_size and mc.image_token_id not in (0,):
+  if mc.image_token_id < l.vocab_size and mc.image_token_id not in (0,) and not pretrained:
     logger.warning("model.image_token_id=%d is inside the LLM vocabulary (%d): real text tokens "
                    "with that id would be replaced by visual tokens", mc.image_token_id, l.vocab_size)
 
@@ -88,11 +91,18 @@ def _check_length(t, data, errors: List[str]) -> None:
 def validate(config, *, num_devices: int, process_count: int = 1) -> config_lib.ModelConfig:
   """Checks an experiment config; returns its ModelConfig or raises :class:`ConfigError`."""
   errors: List[str] = []
+  unset = [f"model.{s}.{k}" for s in ("vision", "llm", "connector")
+           for k, v in config.model[s].items() if v is None and k not in _OPTIONAL]
+  unset += ["model.image_token_id"] if config.model.get("image_token_id") is None else []
+  if unset:
+    raise ConfigError(f"{', '.join(unset[:4])}{' ...' if len(unset) > 4 else ''} unset: set "
+                      "init.from_pretrained=DIR (a checkpoint or HF Llava directory) to take the "
+                      "model from it, or give the fields")
   try:
     mc = config_lib.model_config_from_dict(config.model)
   except (TypeError, ValueError) as e:
     raise ConfigError(f"config.model: {e}") from e
-  _check_model(mc, errors)
+  _check_model(mc, errors, pretrained=bool(config.init.get("from_pretrained")))
 
   t = config.train
   mesh = resolve_mesh_shape(config.mesh.shape, config.mesh.dcn_shape, num_devices, errors)
