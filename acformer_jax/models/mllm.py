@@ -7,7 +7,7 @@ sentinel splice produces after padding (spec 2.6). Rows without image tokens are
 text-only: their image is encoded (the graph keeps one shape) but never used. The ViT
 output is wrapped in ``stop_gradient``: the tower is frozen in both stages (spec 1.2).
 
-Parameters: ``vision/`` (``VisionTransformer``), ``connector/`` (``Connector``),
+Parameters: ``vision/`` (the ``vision.tower`` module, ``models/towers.py``), ``connector/`` (``Connector``),
 ``llm/`` (``LlamaModel``); see docs/design.md.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from acformer_jax import config as config_lib
 from acformer_jax.models.connectors import Connector
 from acformer_jax.models.layers import tower_options
 from acformer_jax.models.llama import LlamaModel
-from acformer_jax.models.vit import VisionTransformer
+from acformer_jax.models.towers import tower
 
 
 def default_positions(attention_mask: jax.Array) -> jax.Array:
@@ -41,7 +41,7 @@ class MultimodalLM(nn.Module):
 
   def setup(self):
     mc = self.config
-    self.vision = VisionTransformer(mc.vision, **tower_options(mc))
+    self.vision = tower(mc.vision.tower).module(mc.vision, **tower_options(mc))
     self.connector = Connector(mc)
     self.llm = LlamaModel(mc.llm, **tower_options(mc))
 
