@@ -180,9 +180,13 @@ def dinov2_config_from_hf(d: Mapping[str, Any], select_layer: int = -2) -> Visio
   return cfg
 
 
+def _ratio(a: int, b: int):
+  return a // b if a % b == 0 else a / b
+
+
 def dinov2_config_to_hf(vc: VisionConfig) -> dict:
   d = {"model_type": "dinov2_with_registers" if vc.num_register_tokens else "dinov2",
-       "hidden_size": vc.hidden_size, "mlp_ratio": vc.intermediate_size / vc.hidden_size,
+       "hidden_size": vc.hidden_size, "mlp_ratio": _ratio(vc.intermediate_size, vc.hidden_size),
        "num_hidden_layers": vc.num_layers, "num_attention_heads": vc.num_heads,
        "image_size": position_grid(vc) * vc.patch_size, "patch_size": vc.patch_size,
        "num_channels": vc.num_channels, "layer_norm_eps": vc.layer_norm_eps,
@@ -246,4 +250,5 @@ DINOV2 = towers.register_tower(towers.Tower(
                                vc.num_computed_layers),
     image_mean=towers.IMAGENET_MEAN, image_std=towers.IMAGENET_STD,
     anchor_source="the CLS query's attention over the patches (registers excluded), per head",
-    validate=_validate))
+    validate=_validate, hf_architecture="Dinov2Model",
+    hf_features=lambda vc, h: h[:, [0] + list(range(1 + vc.num_register_tokens, h.shape[1]))]))

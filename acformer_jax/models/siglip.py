@@ -24,6 +24,7 @@ from typing import Any, Mapping, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from acformer_jax.config import VisionConfig
 from acformer_jax.conversion import keymaps
@@ -144,6 +145,14 @@ class SiglipVisionTower(nn.Module):
 
 
 # --- the "siglip" / "siglip2" tower entries ---------------------------------------------
+def _concat_mean(h):
+  """HF hidden states ``[B,N,D]`` (numpy or torch) -> ours: their mean prepended."""
+  if isinstance(h, np.ndarray):
+    return np.concatenate([h.mean(1, keepdims=True), h], 1)
+  import torch  # pylint: disable=import-outside-toplevel
+  return torch.cat([h.mean(1, keepdim=True), h], 1)
+
+
 def siglip_config_from_hf(d: Mapping[str, Any], select_layer: int = -2) -> VisionConfig:
   """VisionConfig from a ``SiglipVisionModel`` (or full ``SiglipModel``) ``config.json``."""
   if d.get("model_type") == "siglip" or "vision_config" in d:
@@ -230,7 +239,8 @@ _ENTRY = dict(
     flops=siglip_flops, image_mean=towers.HALF, image_std=towers.HALF,
     anchor_source=("the pooling head's probe attention per head (use_head), else the mean "
                    "attention each patch receives in the selected layer"),
-    has_cls=False, validate=_validate,
+    has_cls=False, validate=_validate, hf_architecture="SiglipVisionModel",
+    hf_features=lambda vc, h: _concat_mean(h),
     hf_extras=(r"text_model\..*", r"logit_scale", r"logit_bias"))
 SIGLIP = towers.register_tower(towers.Tower(
     name="siglip", hf_model_types=("siglip_vision_model", "siglip"), **_ENTRY))

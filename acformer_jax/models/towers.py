@@ -42,6 +42,9 @@ class Tower:
     has_cls: the checkpoint has a CLS token (else token 0 is synthesised).
     validate: ``VisionConfig -> [problems]`` (empty when fine).
     hf_extras: regexes of keys of a bigger file (text tower...) that are not ours.
+    hf_architecture: the transformers class name written into exported configs.
+    hf_features: ``(VisionConfig, hidden [B,T,D]) -> [B,N+1,D]``: our ``features`` from
+      the HF model's ``hidden_states[select_layer]`` (for references and checks).
   """
   name: str
   module: Callable[..., Any]
@@ -57,6 +60,8 @@ class Tower:
   has_cls: bool = True
   validate: Callable[[VisionConfig], List[str]] = lambda vc: []
   hf_extras: Tuple[str, ...] = ()
+  hf_architecture: str = ""
+  hf_features: Callable[[VisionConfig, Any], Any] = lambda vc, hidden: hidden
 
 
 _TOWERS: Dict[str, Tower] = {}

@@ -269,6 +269,6 @@ CLIP = towers.register_tower(towers.Tower(
     flops=lambda vc: vit_flops(vc, vc.num_patches + 1, vc.num_computed_layers),
     image_mean=towers.CLIP_MEAN, image_std=towers.CLIP_STD,
     anchor_source="the CLS query's attention over the patches, per head, in the selected layer",
-    validate=_clip_validate,
+    validate=_clip_validate, hf_architecture="CLIPVisionModel",
     hf_extras=(r"text_model\..*", r"visual_projection\.weight", r"text_projection\.weight",
                r"logit_scale")))
