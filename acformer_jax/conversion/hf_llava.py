@@ -64,16 +64,17 @@ def model_config_from_hf_llava(d: dict, problems: list) -> config_lib.ModelConfi
   if not isinstance(layer, int):
     problems.append(f"{w}: vision_feature_layer={layer!r}; only a single layer is supported")
     layer = -2
-  if d.get("projector_hidden_act", "gelu") != "gelu":
-    problems.append(f"{w}: projector_hidden_act={d.get('projector_hidden_act')!r}, expected 'gelu'")
-  if not d.get("multimodal_projector_bias", True):
-    problems.append(f"{w}: multimodal_projector_bias=false is not supported")
   vision = towers.vision_config_from_hf(d.get("vision_config") or {}, select_layer=layer)
   strategy = d.get("vision_feature_select_strategy", "default")
   want = select_strategy(vision)
   if strategy != want:
-    problems.append(f"{w}: vision_feature_select_strategy={strategy!r}; only {want!r} is "
-                    f"supported with the {vision.tower} tower (all patches, no CLS)")
+    why = "drop CLS, LLaVA-1.5" if want == "default" else "keep every token: no CLS"
+    problems.append(f"{w}: vision_feature_select_strategy={strategy!r}; only {want!r} ({why}) "
+                    f"is supported with the {vision.tower} tower")
+  if d.get("projector_hidden_act", "gelu") != "gelu":
+    problems.append(f"{w}: projector_hidden_act={d.get('projector_hidden_act')!r}, expected 'gelu'")
+  if not d.get("multimodal_projector_bias", True):
+    problems.append(f"{w}: multimodal_projector_bias=false is not supported")
   text = dict(d.get("text_config") or {})
   text.setdefault("model_type", "llama")
   if text.get("pad_token_id") is None and d.get("pad_token_id") is not None:
