@@ -17,7 +17,13 @@ CONNECTOR_TYPES = (
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
-  """CLIP-style ViT (spec 3.2). Defaults: ViT-L/14-336."""
+  """Vision tower (spec 3.2). Defaults: CLIP ViT-L/14-336.
+
+  ``tower`` names the entry of the tower registry (``models/towers.py``: clip, siglip,
+  siglip2, dinov2) that builds, converts and counts this tower; the last five fields are
+  read only by the towers that have the feature.
+  """
+  tower: str = "clip"
   image_size: int = 336
   patch_size: int = 14
   num_channels: int = 3
@@ -27,6 +33,11 @@ class VisionConfig:
   num_heads: int = 16
   layer_norm_eps: float = 1e-5
   select_layer: int = -2  # HF hidden_states indexing (LLaVA's mm_vision_select_layer)
+  hidden_act: str = ""    # "" = the tower's own (clip quick_gelu, siglip gelu_pytorch_tanh, dinov2 gelu)
+  position_grid: int = 0  # side of the stored position grid (0 = image_size // patch_size); dinov2 interpolates
+  num_register_tokens: int = 0  # dinov2 with registers
+  use_head: bool = False  # siglip: the attention-pooling head is in the checkpoint
+  anchor_source: str = "auto"  # siglip: "probe" (needs use_head) | "received"; "auto" = probe if use_head
 
   @property
   def num_patches(self) -> int:

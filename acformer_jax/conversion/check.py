@@ -25,6 +25,7 @@ from acformer_jax import config as config_lib
 from acformer_jax.conversion import hf_llava
 from acformer_jax.conversion import plan as plan_lib
 from acformer_jax.models.mllm import MultimodalLM
+from acformer_jax.models.towers import tower
 
 log = logging.getLogger("acformer_jax.convert")
 
@@ -96,11 +97,26 @@ def _load(module, state, what: str, allow_missing=()):
 
 
 def _torch_clip(plan, cfg):
+  """The transformers model of the vision tower (any registered tower)."""
+  import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
-  vc = transformers.CLIPVisionConfig(**hf_llava.clip_config_dict(cfg.vision))
+  d = dict(hf_llava.clip_config_dict(cfg.vision))
+  vc = transformers.AutoConfig.for_model(d.pop("model_type"), **d)
   vc._attn_implementation = "eager"  # pylint: disable=protected-access
   state = _state(plan.source, plan.reference["vision_prefix"])
-  return _load(transformers.CLIPVisionModel(vc), state, "CLIP", allow_missing=("position_ids",))
+  if cfg.vision.tower == "clip":
+    return _load(transformers.AutoModel.from_config(vc), state, cfg.vision.tower,
+                 allow_missing=("position_ids",))
+  # Other towers' torch modules rename keys on load (e.g. DINOv2's attention.attention.query
+  # -> q_proj in transformers 5): load them the way transformers reads a saved directory.
+  import tempfile  # pylint: disable=import-outside-toplevel
+  import safetensors.torch  # pylint: disable=import-outside-toplevel
+  with tempfile.TemporaryDirectory() as tmp:
+    vc.save_pretrained(tmp)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()},
+                                f"{tmp}/model.safetensors", metadata={"format": "pt"})
+    return transformers.AutoModel.from_pretrained(tmp, dtype=torch.float32,
+                                                  attn_implementation="eager").eval()
 
 
 def _torch_llama(plan, cfg):
@@ -122,7 +138,7 @@ def _vision_features(clip, images, cfg, attentions: bool):
   out = clip(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)),
              output_hidden_states=True, output_attentions=attentions)
   layer = cfg.vision.select_layer
-  feats = out.hidden_states[layer]
+  feats = tower(cfg.vision.tower).hf_features(cfg.vision, out.hidden_states[layer])
   attn = out.attentions[layer - 1 if layer > 0 else layer][:, :, 0, 1:] if attentions else None
   return feats, attn
 

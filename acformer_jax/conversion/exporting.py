@@ -32,11 +32,12 @@ from acformer_jax.conversion import hf_llava, llava
 from acformer_jax.conversion import plan as plan_lib
 from acformer_jax.conversion import writer as writer_lib
 from acformer_jax.conversion.sources import SafetensorsFile
-from acformer_jax.conversion.keymaps import (KeyMap, clip_vision_keymap, flatten_paths,
+from acformer_jax.conversion.keymaps import (KeyMap, flatten_paths,
                                              unflatten_paths)
 from acformer_jax.conversion.pipeline import (CONVERSION_FILE, EXTRAS_FILE, _barrier,
                                               commit_directory, target_tree)
 from acformer_jax.inference import loading as inf_loading
+from acformer_jax.models.towers import tower
 
 log = logging.getLogger("acformer_jax.export")
 FORMATS = ("hf-llava", "llava", "acformer")
@@ -220,15 +221,15 @@ def export(checkpoint, fmt: str, output, *, mesh=None, layout: Optional[str] = N
         extra = {llava.PROJ + "0.latents": _latents(checkpoint, mc, main_dtype)}
       _write_keymap(reader, llava.export_keymap(mc), tmp, main_dtype, shard, extra, progress)
       vprefix = info.get("vision_prefix", "vision_model.")
-      vmap = clip_vision_keymap(mc.vision.num_layers,
-                                mc.vision.num_computed_layers).with_prefix(vprefix, "vision")
+      vmap = tower(mc.vision.tower).keymap(mc.vision).with_prefix(vprefix, "vision")
       _write_keymap(reader, vmap, tmp / VISION_DIR, vision_dtype, shard, progress=progress,
                     label=VISION_DIR)
       if host0:
         vcfg = dict(info.get("vision_config") or {}) if same else {}
-        if vcfg.get("model_type") == "clip":
+        if "vision_config" in vcfg:  # a two-tower source (CLIPModel, SiglipModel)
           vcfg = dict(vcfg.get("vision_config") or {})
-        vcfg.update(hf_llava.clip_config_dict(mc.vision), architectures=["CLIPVisionModel"],
+        vcfg.update(hf_llava.clip_config_dict(mc.vision),
+                    architectures=[tower(mc.vision.tower).hf_architecture],
                     torch_dtype=vision_dtype.name)
         (tmp / VISION_DIR / "config.json").write_text(json.dumps(vcfg, indent=2) + "\n")
     if host0:

@@ -26,6 +26,7 @@ from acformer_jax.conversion import plan as plan_lib
 from acformer_jax.conversion import towers
 from acformer_jax.conversion.sources import TensorSource
 from acformer_jax.models import registry
+from acformer_jax.models.towers import tower
 
 LAYOUTS: Dict[str, Tuple[str, str, str, str]] = {
     "legacy": ("language_model.model.", "language_model.lm_head.weight",
@@ -64,15 +65,17 @@ def model_config_from_hf_llava(d: dict, problems: list) -> config_lib.ModelConfi
   if not isinstance(layer, int):
     problems.append(f"{w}: vision_feature_layer={layer!r}; only a single layer is supported")
     layer = -2
+  vision = towers.vision_config_from_hf(d.get("vision_config") or {}, select_layer=layer)
   strategy = d.get("vision_feature_select_strategy", "default")
-  if strategy != "default":
-    problems.append(f"{w}: vision_feature_select_strategy={strategy!r}; only 'default' (drop "
-                    "CLS, LLaVA-1.5) is supported")
+  want = select_strategy(vision)
+  if strategy != want:
+    why = "drop CLS, LLaVA-1.5" if want == "default" else "keep every token: no CLS"
+    problems.append(f"{w}: vision_feature_select_strategy={strategy!r}; only {want!r} ({why}) "
+                    f"is supported with the {vision.tower} tower")
   if d.get("projector_hidden_act", "gelu") != "gelu":
     problems.append(f"{w}: projector_hidden_act={d.get('projector_hidden_act')!r}, expected 'gelu'")
   if not d.get("multimodal_projector_bias", True):
     problems.append(f"{w}: multimodal_projector_bias=false is not supported")
-  vision = towers.vision_config_from_hf(d.get("vision_config") or {}, select_layer=layer)
   text = dict(d.get("text_config") or {})
   text.setdefault("model_type", "llama")
   if text.get("pad_token_id") is None and d.get("pad_token_id") is not None:
@@ -117,12 +120,15 @@ def text_config_dict(lc: config_lib.LLMConfig) -> dict:
   return registry.family(lc.family).to_hf(lc)
 
 
+def select_strategy(vc: config_lib.VisionConfig) -> str:
+  """The Llava ``vision_feature_select_strategy`` giving all patches: ``default`` drops a
+  CLS token, ``full`` keeps every token (towers without CLS, e.g. SigLIP)."""
+  return "default" if tower(vc.tower).has_cls else "full"
+
+
 def clip_config_dict(vc: config_lib.VisionConfig) -> dict:
-  return {"model_type": "clip_vision_model", "hidden_size": vc.hidden_size,
-          "intermediate_size": vc.intermediate_size, "num_hidden_layers": vc.num_layers,
-          "num_attention_heads": vc.num_heads, "image_size": vc.image_size,
-          "patch_size": vc.patch_size, "num_channels": vc.num_channels,
-          "layer_norm_eps": vc.layer_norm_eps, "hidden_act": "quick_gelu"}
+  """The tower's HF vision config (named for CLIP, the first tower)."""
+  return tower(vc.tower).to_hf_config(vc)
 
 
 def export_config(mc: config_lib.ModelConfig, dtype: str, base: Optional[dict] = None) -> dict:
@@ -145,7 +151,7 @@ def export_config(mc: config_lib.ModelConfig, dtype: str, base: Optional[dict] =
   d.update({"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
             "image_token_index": mc.image_token_id, "projector_hidden_act": "gelu",
             "vision_feature_layer": mc.vision.select_layer,
-            "vision_feature_select_strategy": "default",
+            "vision_feature_select_strategy": select_strategy(mc.vision),
             "image_seq_length": mc.vision.num_patches, "multimodal_projector_bias": True,
             "tie_word_embeddings": mc.llm.tie_word_embeddings, "text_config": text,
             "vision_config": vision, "dtype": dtype})

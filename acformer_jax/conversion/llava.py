@@ -88,7 +88,7 @@ def _vision(vision, main: TensorSource, select_layer: int, problems, flag="--vis
     raise FileNotFoundError(f"{flag} {vision}: no weights found (expected model.safetensors, "
                             "pytorch_model.bin or their sharded index)")
   main.mount("vision:", vision)
-  return vc, "vision:" + plan_lib.clip_prefix(main, "vision:"), vd
+  return vc, "vision:" + plan_lib.clip_prefix(main, "vision:", vc), vd
 
 
 def _check_width(d: dict, vc: config_lib.VisionConfig, problems: List[str]):

@@ -17,9 +17,10 @@ import numpy as np
 from acformer_jax import config as config_lib
 from acformer_jax.conversion import towers
 from acformer_jax.conversion.keymaps import (IDENTITY, LINEAR, ConversionError, KeyMap, LayerStack,
-                                             Rule, clip_vision_keymap)
+                                             Rule)
 from acformer_jax.models import registry
 from acformer_jax.conversion.sources import TensorSource
+from acformer_jax.models.towers import tower
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 
@@ -92,21 +93,26 @@ def source_dtype(config_dict: dict) -> Optional[str]:
 
 
 # --- tower pieces ---------------------------------------------------------------------
-def clip_prefix(source: TensorSource, mount: str) -> str:
-  """Key prefix of a CLIP vision tower inside ``mount`` (handles CLIPModel files too)."""
+def clip_prefix(source: TensorSource, mount: str,
+                vc: Optional[config_lib.VisionConfig] = None) -> str:
+  """Key prefix of the vision tower ``vc.tower`` (CLIP by default) inside ``mount``
+  (handles two-tower files such as CLIPModel / SiglipModel too)."""
   keys = source.keys(mount)
-  for cand in ("vision_model.", ""):
-    if f"{mount}{cand}embeddings.patch_embedding.weight" in keys:
-      return cand
-  return towers.clip_vision_hf_prefix([k[len(mount):] for k in keys])
+  return tower(vc.tower if vc else "clip").hf_prefix([k[len(mount):] for k in keys
+                                                      if k.startswith(mount)])
 
 
 def vision_keymap(vc: config_lib.VisionConfig, hf_prefix: str, full_clip: bool = True) -> KeyMap:
-  km = clip_vision_keymap(vc.num_layers, vc.num_computed_layers).with_prefix(hf_prefix, "vision")
-  if full_clip:  # a full CLIPModel directory: the text tower and projections are not ours
-    extras = tuple(re.escape(hf_prefix.rsplit("vision_model.", 1)[0]) + p
-                   for p in towers.CLIP_MODEL_EXTRAS)
-    km = km + KeyMap((), extras)
+  """The tower's key map under ``hf_prefix``; ``full_clip``: the other tower of a two-tower
+  file (text tower, projections) may be present and is not ours."""
+  entry = tower(vc.tower)
+  km = entry.keymap(vc).with_prefix(hf_prefix, "vision")
+  if full_clip:
+    root = hf_prefix
+    for wrapper in ("vision_model.", "dinov2.", "backbone."):
+      if root.endswith(wrapper):
+        root = root[:-len(wrapper)]
+    km = km + KeyMap((), tuple(re.escape(root) + p for p in entry.hf_extras))
   return km
 
 

@@ -1,8 +1,10 @@
 """Load the pretrained towers from transformers checkpoint directories.
 
-``load_hf_clip_vision(dir) -> (VisionConfig, params)`` reads a ``CLIPVisionModel`` (or a
-full ``CLIPModel``, whose text tower is ignored) and ``load_hf_llama(dir) -> (LLMConfig,
-params)`` reads an HF causal LM of any registered family (``models/registry.py``). Spec: ``acformer.md`` 2.8, 2.9, 3.1, 3.2.
+``load_hf_vision(dir) -> (VisionConfig, params)`` reads any registered vision tower
+(``CLIPVisionModel`` or a full ``CLIPModel``, ``SiglipVisionModel`` / ``SiglipModel``,
+``Dinov2Model``; the other tower of a two-tower file is ignored) and ``load_hf_llama(dir) ->
+(LLMConfig, params)`` reads an HF causal LM of any registered family (``models/registry.py``).
+Spec: ``acformer.md`` 2.8, 2.9, 3.1, 3.2.
 """
 from __future__ import annotations
 
@@ -14,11 +16,11 @@ import jax.numpy as jnp
 
 from acformer_jax.config import LLMConfig, VisionConfig
 from acformer_jax.conversion.io import CheckpointReader
-from acformer_jax.conversion.keymaps import KeyMap, clip_vision_keymap
+from acformer_jax.conversion.keymaps import KeyMap
 from acformer_jax.conversion.loading import abstract_params, load_params
 from acformer_jax.models import registry
 from acformer_jax.models.families.decoder_hf import SUPPORTED_ROPE, require, rope_from_hf  # noqa: F401
-from acformer_jax.models.vit import VisionTransformer
+from acformer_jax.models.towers import tower, tower_for_hf
 
 CLIP_MODEL_EXTRAS = (r"text_model\..*", r"visual_projection\.weight",
                      r"text_projection\.weight", r"logit_scale")
@@ -35,22 +37,11 @@ _require = require
 
 
 def vision_config_from_hf(d: Mapping[str, Any], select_layer: int = -2) -> VisionConfig:
-  """VisionConfig from a CLIP vision (or full CLIP) ``config.json`` dict."""
-  if d.get("model_type") == "clip" or "vision_config" in d:
-    d = d.get("vision_config") or {}
-  act = d.get("hidden_act", "quick_gelu")
-  if act != "quick_gelu":
-    raise ValueError(f"CLIP vision config: hidden_act={act!r}, only 'quick_gelu' is supported")
-  w = "CLIP vision config"
-  cfg = VisionConfig(
-      image_size=int(_require(d, "image_size", w)), patch_size=int(_require(d, "patch_size", w)),
-      num_channels=int(d.get("num_channels", 3)), hidden_size=int(_require(d, "hidden_size", w)),
-      intermediate_size=int(_require(d, "intermediate_size", w)),
-      num_layers=int(_require(d, "num_hidden_layers", w)),
-      num_heads=int(_require(d, "num_attention_heads", w)),
-      layer_norm_eps=float(d.get("layer_norm_eps", 1e-5)), select_layer=select_layer)
-  _ = cfg.num_computed_layers  # raises early on a bad select_layer
-  return cfg
+  """VisionConfig from a vision tower's ``config.json`` dict; the tower is picked by its
+  ``model_type`` (CLIP when absent) from the tower registry."""
+  if "model_type" not in d and "vision_config" not in d:
+    d = dict(d, model_type="clip_vision_model")
+  return tower_for_hf(d).from_hf_config(d, select_layer)
 
 
 def llm_config_from_hf(d: Mapping[str, Any], family: Optional[str] = None) -> LLMConfig:
@@ -62,27 +53,32 @@ def llm_config_from_hf(d: Mapping[str, Any], family: Optional[str] = None) -> LL
 def clip_vision_hf_prefix(keys) -> str:
   """``""`` for transformers >= 5 CLIPVisionModel files, ``"vision_model."`` for older
   CLIPVisionModel files and full CLIPModel files."""
-  return "vision_model." if any(k.startswith("vision_model.") for k in keys) else ""
+  return tower("clip").hf_prefix(keys)
 
 
-def load_hf_clip_vision(directory, *, select_layer: int = -2, param_dtype="float32",
-                        shardings=None) -> Tuple[VisionConfig, dict]:
-  """Reads a CLIP vision tower; ``params`` match ``VisionTransformer(config)`` (all blocks
-  kept: ``layers`` + ``unused_layers``, docs/design.md).
+def load_hf_vision(directory, *, select_layer: int = -2, param_dtype="float32",
+                   shardings=None) -> Tuple[VisionConfig, dict]:
+  """Reads a vision tower directory (CLIP, SigLIP, DINOv2, ...: any registered tower);
+  ``params`` match ``tower(cfg.tower).module(cfg)`` (all blocks kept: ``layers`` +
+  ``unused_layers``, docs/design.md).
 
   ``shardings``: ``None``, a ``Mesh`` or a tree of shardings (see ``loading.load_params``).
   """
-  cfg = vision_config_from_hf(read_hf_config(directory), select_layer)
-  module = VisionTransformer(cfg, param_dtype=param_dtype)
+  d = read_hf_config(directory)
+  cfg = vision_config_from_hf(d, select_layer)
+  entry = tower(cfg.tower)
+  module = entry.module(cfg, param_dtype=param_dtype)
   abstract = abstract_params(
       module, jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32))
   with CheckpointReader(directory) as reader:
-    prefix = clip_vision_hf_prefix(reader.keys())
-    keymap = clip_vision_keymap(cfg.num_layers, cfg.num_computed_layers).with_prefix(prefix)
-    keymap = keymap + KeyMap((), CLIP_MODEL_EXTRAS)
+    prefix = entry.hf_prefix(reader.keys())
+    keymap = entry.keymap(cfg).with_prefix(prefix) + KeyMap((), entry.hf_extras)
     params = load_params(reader, keymap, abstract, shardings=shardings,
-                         what=f"CLIP vision checkpoint {directory}")
+                         what=f"{cfg.tower} vision checkpoint {directory}")
   return cfg, params
+
+
+load_hf_clip_vision = load_hf_vision  # the CLIP-era name
 
 
 def load_hf_llama(directory, *, param_dtype="float32", shardings=None,

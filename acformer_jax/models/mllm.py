@@ -13,7 +13,7 @@ per row; the ``B*M`` images are encoded as one batch and image slot ``m``'s toke
 real ones, so their tokens are never read; ``image_mask`` zeroes them as well. With
 ``segment_ids`` the decoder attends causally inside each sample only (``LlamaModel``).
 
-Parameters: ``vision/`` (``VisionTransformer``), ``connector/`` (``Connector``),
+Parameters: ``vision/`` (the ``vision.tower`` module, ``models/towers.py``), ``connector/`` (``Connector``),
 ``llm/`` (the decoder of ``config.llm.family``, ``models/registry.py``); see docs/design.md.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from acformer_jax import config as config_lib
 from acformer_jax.models.connectors import Connector
 from acformer_jax.models.layers import tower_options
 from acformer_jax.models import registry
-from acformer_jax.models.vit import VisionTransformer
+from acformer_jax.models.towers import tower
 
 
 def default_positions(attention_mask: jax.Array) -> jax.Array:
@@ -47,7 +47,7 @@ class MultimodalLM(nn.Module):
 
   def setup(self):
     mc = self.config
-    self.vision = VisionTransformer(mc.vision, **tower_options(mc))
+    self.vision = tower(mc.vision.tower).module(mc.vision, **tower_options(mc))
     self.connector = Connector(mc)
     self.llm = registry.decoder(mc.llm, **tower_options(mc))
 

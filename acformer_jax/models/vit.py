@@ -1,4 +1,8 @@
-"""CLIP-style vision transformer (spec ``acformer.md`` 3.2, 2.8, 1.2).
+"""CLIP-style vision transformer (spec ``acformer.md`` 3.2, 2.8, 1.2), the ``clip`` tower.
+
+The encoder block (:class:`VisionBlock`) is shared with the other towers
+(``siglip.py``, ``dinov2.py``); this file registers the ``clip`` entry of the tower
+registry (``towers.py``) at its end.
 
 ``VisionTransformer(config)(pixel_values [B,H,W,C]) -> (features [B,N+1,D], cls_attn [B,heads,N])``
 where ``features`` equals HF ``hidden_states[select_layer]`` and ``cls_attn`` is the
@@ -9,13 +13,15 @@ for lossless round trips; both are created at init only and never computed.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Any, Mapping, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from acformer_jax.config import VisionConfig
+from acformer_jax.conversion import keymaps
+from acformer_jax.models import towers
 from acformer_jax.models.attention import attention as attend
 from acformer_jax.models.layers import (DEFAULT_KERNEL_INIT, DType, constrain, dense,
                                         layer_norm, partitioned, stacked, to_dtype)
@@ -26,6 +32,39 @@ _ACT = ("activation_batch", "activation_length", "activation_embed")
 def quick_gelu(x: jax.Array) -> jax.Array:
   """CLIP's activation: ``x * sigmoid(1.702 x)`` (spec 3.3)."""
   return x * jax.nn.sigmoid(1.702 * x)
+
+
+# HF ``hidden_act`` names -> functions (the towers' MLP activations).
+ACTIVATIONS = {
+    "quick_gelu": quick_gelu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+}
+
+
+def activation(name: str):
+  if name not in ACTIVATIONS:
+    raise ValueError(f"vision.hidden_act={name!r} is not one of {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
+
+def anchor_rows(q: jax.Array, k: jax.Array, anchor_row: str, num_prefix: int) -> jax.Array:
+  """The anchor-ranking rows of the post-softmax attention of ``q, k [B,S,H,hd]`` over the
+  patch keys, in float32.
+
+  ``"cls"``: the CLS query's row (CLIP, DINOv2); ``"received"``: the attention each
+  patch receives, averaged over all queries (CLS-less towers, docs/connectors.md).
+  The first ``num_prefix`` keys (CLS, registers) are dropped: ``[B, H, N]``.
+  """
+  scale = q.shape[-1] ** -0.5
+  if anchor_row == "cls":
+    scores = jnp.einsum("bhd,bkhd->bhk", q[:, 0], k).astype(jnp.float32) * scale
+    return jax.nn.softmax(scores, axis=-1)[:, :, num_prefix:]
+  if anchor_row == "received":
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
+    return jnp.mean(jax.nn.softmax(scores, axis=-1)[:, :, :, num_prefix:], axis=2)
+  raise ValueError(f"anchor_row={anchor_row!r}; expected 'cls' or 'received'")
 
 
 class VisionEmbeddings(nn.Module):
@@ -53,11 +92,13 @@ class VisionEmbeddings(nn.Module):
 
 class VisionAttention(nn.Module):
   """Multi-head self-attention with biased q/k/v/out projections; also returns the
-  float32 post-softmax CLS row over the patch tokens ``[B, heads, N]``."""
+  float32 anchor rows over the patch tokens ``[B, heads, N]`` (:func:`anchor_rows`)."""
   config: VisionConfig
   dtype: DType = "float32"
   param_dtype: DType = "float32"
   attention: str = "xla"
+  anchor_row: str = "cls"
+  num_prefix: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array) -> Tuple[jax.Array, jax.Array]:
@@ -72,10 +113,9 @@ class VisionAttention(nn.Module):
                for t in (q, k, v))
     out = attend(q, k, v, impl=self.attention, causal=False).reshape(b, n, d)
     out = dense(d, ("vit_heads", "vit_embed"), name="out_proj", **kw)(out)
-    # The CLS query's post-softmax row (the anchors' input): [B, heads, N+1], recomputed
-    # apart from the kernel, which never materialises probabilities.
-    cls_scores = jnp.einsum("bhd,bkhd->bhk", q[:, 0], k).astype(jnp.float32) * hd ** -0.5
-    return out, jax.nn.softmax(cls_scores, axis=-1)[:, :, 1:]
+    # The anchor-ranking rows, recomputed apart from the kernel, which never materialises
+    # the probabilities.
+    return out, anchor_rows(q, k, self.anchor_row, self.num_prefix)
 
 
 class VisionMLP(nn.Module):
@@ -87,26 +127,45 @@ class VisionMLP(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.config
     kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
-    y = quick_gelu(dense(cfg.intermediate_size, ("vit_embed", "vit_mlp"), name="fc1", **kw)(x))
+    y = activation(cfg.hidden_act or "quick_gelu")(dense(cfg.intermediate_size, ("vit_embed", "vit_mlp"), name="fc1", **kw)(x))
     y = constrain(y, ("activation_batch", "activation_length", "activation_mlp"))
     return dense(cfg.hidden_size, ("vit_mlp", "vit_embed"), name="fc2", **kw)(y)
 
 
 class VisionBlock(nn.Module):
-  """Pre-LN encoder block; scan body ``x -> (x, cls_attn)``."""
+  """Pre-LN encoder block; scan body ``x -> (x, anchor rows)``.
+
+  ``layerscale`` multiplies each branch by a learned per-channel scale before the
+  residual add (DINOv2's ``layer_scale1/2``); ``anchor_row`` / ``num_prefix``: see
+  :func:`anchor_rows`.
+  """
   config: VisionConfig
   dtype: DType = "float32"
   param_dtype: DType = "float32"
   attention: str = "xla"
+  layerscale: bool = False
+  anchor_row: str = "cls"
+  num_prefix: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array) -> Tuple[jax.Array, jax.Array]:
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    attn, cls_attn = VisionAttention(cfg, name="self_attn", attention=self.attention, **kw)(
+
+    def scaled(y, name):
+      if not self.layerscale:
+        return y
+      g = self.param(name, partitioned(nn.initializers.ones_init(), ("norm",)),
+                     (cfg.hidden_size,), to_dtype(self.param_dtype))
+      return y * g.astype(y.dtype)
+
+    attn, cls_attn = VisionAttention(cfg, name="self_attn", attention=self.attention,
+                                     anchor_row=self.anchor_row,
+                                     num_prefix=self.num_prefix, **kw)(
         layer_norm(cfg.layer_norm_eps, name="layer_norm1", **kw)(x))
-    x = x + attn
-    x = x + VisionMLP(cfg, name="mlp", **kw)(layer_norm(cfg.layer_norm_eps, name="layer_norm2", **kw)(x))
+    x = x + scaled(attn, "layer_scale1")
+    x = x + scaled(VisionMLP(cfg, name="mlp", **kw)(
+        layer_norm(cfg.layer_norm_eps, name="layer_norm2", **kw)(x)), "layer_scale2")
     return constrain(x, _ACT), cls_attn
 
 
@@ -150,3 +209,76 @@ class VisionTransformer(nn.Module):
         rest(cfg, name="unused_layers", **kw)(features)
       layer_norm(cfg.layer_norm_eps, name="post_layernorm", **kw)(features[:, 0])
     return features, cls_attn[-1]
+
+
+# --- the "clip" tower entry -------------------------------------------------------------
+def _require(d: Mapping, key: str, where: str):
+  if key not in d:
+    raise ValueError(f"{where}: config.json has no field {key!r}")
+  return d[key]
+
+
+def clip_config_from_hf(d: Mapping[str, Any], select_layer: int = -2) -> VisionConfig:
+  """VisionConfig from a CLIP vision (or full CLIP) ``config.json`` dict."""
+  if d.get("model_type") == "clip" or "vision_config" in d:
+    d = d.get("vision_config") or {}
+  act = d.get("hidden_act", "quick_gelu")
+  if act not in ("quick_gelu", "gelu"):
+    raise ValueError(f"CLIP vision config: hidden_act={act!r}, only 'quick_gelu' and 'gelu' "
+                     "are supported")
+  w = "CLIP vision config"
+  cfg = VisionConfig(
+      tower="clip", image_size=int(_require(d, "image_size", w)),
+      patch_size=int(_require(d, "patch_size", w)),
+      num_channels=int(d.get("num_channels", 3)), hidden_size=int(_require(d, "hidden_size", w)),
+      intermediate_size=int(_require(d, "intermediate_size", w)),
+      num_layers=int(_require(d, "num_hidden_layers", w)),
+      num_heads=int(_require(d, "num_attention_heads", w)),
+      layer_norm_eps=float(d.get("layer_norm_eps", 1e-5)), select_layer=select_layer,
+      hidden_act="" if act == "quick_gelu" else act)
+  _ = cfg.num_computed_layers  # raises early on a bad select_layer
+  return cfg
+
+
+def clip_config_to_hf(vc: VisionConfig) -> dict:
+  return {"model_type": "clip_vision_model", "hidden_size": vc.hidden_size,
+          "intermediate_size": vc.intermediate_size, "num_hidden_layers": vc.num_layers,
+          "num_attention_heads": vc.num_heads, "image_size": vc.image_size,
+          "patch_size": vc.patch_size, "num_channels": vc.num_channels,
+          "layer_norm_eps": vc.layer_norm_eps, "hidden_act": vc.hidden_act or "quick_gelu"}
+
+
+def clip_prefix(keys) -> str:
+  """``""`` for transformers >= 5 CLIPVisionModel files, ``"vision_model."`` for older
+  CLIPVisionModel files and full CLIPModel files."""
+  return "vision_model." if any(k.startswith("vision_model.") for k in keys) else ""
+
+
+def vit_flops(vc: VisionConfig, tokens: int, layers: int) -> float:
+  """Patch embedding + ``layers`` blocks on ``tokens`` tokens, per image."""
+  patch = 2.0 * vc.num_patches * vc.patch_size ** 2 * vc.num_channels * vc.hidden_size
+  return patch + layers * towers.transformer_block_flops(tokens, vc.hidden_size,
+                                                         vc.intermediate_size)
+
+
+def _clip_validate(vc: VisionConfig):
+  out = []
+  if vc.hidden_act not in ("", "quick_gelu", "gelu"):
+    out.append(f"model.vision.hidden_act={vc.hidden_act!r}: clip supports quick_gelu or gelu")
+  if vc.use_head or vc.num_register_tokens or vc.position_grid:
+    out.append("model.vision: use_head / num_register_tokens / position_grid do not apply to "
+               "the clip tower")
+  return out
+
+
+CLIP = towers.register_tower(towers.Tower(
+    name="clip", module=VisionTransformer, hf_model_types=("clip_vision_model", "clip"),
+    from_hf_config=clip_config_from_hf, to_hf_config=clip_config_to_hf,
+    keymap=lambda vc: keymaps.clip_vision_keymap(vc.num_layers, vc.num_computed_layers),
+    hf_prefix=clip_prefix,
+    flops=lambda vc: vit_flops(vc, vc.num_patches + 1, vc.num_computed_layers),
+    image_mean=towers.CLIP_MEAN, image_std=towers.CLIP_STD,
+    anchor_source="the CLS query's attention over the patches, per head, in the selected layer",
+    validate=_clip_validate, hf_architecture="CLIPVisionModel",
+    hf_extras=(r"text_model\..*", r"visual_projection\.weight", r"text_projection\.weight",
+               r"logit_scale")))

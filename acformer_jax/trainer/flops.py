@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from acformer_jax import config as config_lib
+from acformer_jax.models.towers import tower
 
 logger = logging.getLogger("acformer_jax.trainer.flops")
 
@@ -60,12 +61,9 @@ class StepFlops:
 
 
 def vit_forward_flops(v: config_lib.VisionConfig) -> float:
-  """Forward FLOPs of the frozen ViT for one image (computed blocks only)."""
-  n, d, f = v.num_patches, v.hidden_size, v.intermediate_size
-  s = n + 1
-  patch = 2.0 * n * v.patch_size ** 2 * v.num_channels * d
-  block = 2.0 * s * (4 * d * d + 2 * d * f) + 4.0 * s * s * d
-  return patch + v.num_computed_layers * block
+  """Forward FLOPs of the frozen ViT for one image (what runs; the tower registry's
+  ``flops``, ``models/towers.py``)."""
+  return tower(v.tower).flops(v)
 
 
 def connector_train_flops(mc: config_lib.ModelConfig) -> float:
