@@ -24,8 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from acformer_jax.config import VisionConfig
-from acformer_jax.conversion import keymaps
-from acformer_jax.conversion.keymaps import CONV2D, LINEAR, LayerStack, Rule
+from acformer_jax.keymap import CONV2D, KeyMap, LINEAR, LayerStack, Rule
 from acformer_jax.models import towers
 from acformer_jax.models.layers import (DEFAULT_KERNEL_INIT, DType, constrain, layer_norm,
                                         partitioned, stacked, to_dtype)
@@ -215,7 +214,7 @@ DINOV2_LAYER_RULES = tuple(
        Rule("encoder.layer.{i}.layer_scale2.lambda1", "layer_scale2")])
 
 
-def dinov2_keymap(vc: VisionConfig) -> keymaps.KeyMap:
+def dinov2_keymap(vc: VisionConfig) -> KeyMap:
   rules = [Rule("embeddings.cls_token", "embeddings/cls_token"),
            Rule("embeddings.mask_token", "embeddings/mask_token"),
            Rule("embeddings.position_embeddings", "embeddings/position_embeddings"),
@@ -229,7 +228,7 @@ def dinov2_keymap(vc: VisionConfig) -> keymaps.KeyMap:
   stacks = [LayerStack("layers", 0, n)]
   if vc.num_layers > n:
     stacks.append(LayerStack("unused_layers", n, vc.num_layers - n))
-  return keymaps.KeyMap.build(rules, DINOV2_LAYER_RULES, stacks)
+  return KeyMap.build(rules, DINOV2_LAYER_RULES, stacks)
 
 
 def _validate(vc: VisionConfig):

@@ -27,12 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from acformer_jax.config import VisionConfig
-from acformer_jax.conversion import keymaps
-from acformer_jax.conversion.keymaps import CONV2D, IDENTITY, LINEAR, LayerStack, Rule
+from acformer_jax.keymap import CONV2D, IDENTITY, KeyMap, LINEAR, LayerStack, Rule
 from acformer_jax.models import towers
 from acformer_jax.models.layers import (DEFAULT_KERNEL_INIT, DType, constrain, dense, layer_norm,
                                         partitioned, stacked, to_dtype)
-from acformer_jax.models.vit import VisionBlock, VisionMLP, vit_flops
+from acformer_jax.models.vit import CLIP_VISION_LAYER_RULES, VisionBlock, VisionMLP, vit_flops
 
 ACT = "gelu_pytorch_tanh"
 ANCHOR_SOURCES = ("auto", "probe", "received")
@@ -193,7 +192,7 @@ def _norm(hf: str, ours: str):
   return [Rule(f"{hf}.weight", f"{ours}/scale"), Rule(f"{hf}.bias", f"{ours}/bias")]
 
 
-def siglip_keymap(vc: VisionConfig) -> keymaps.KeyMap:
+def siglip_keymap(vc: VisionConfig) -> KeyMap:
   rules = [Rule("embeddings.patch_embedding.weight", "embeddings/patch_embedding/kernel", CONV2D),
            Rule("embeddings.patch_embedding.bias", "embeddings/patch_embedding/bias"),
            Rule("embeddings.position_embedding.weight", "embeddings/position_embedding"),
@@ -209,7 +208,7 @@ def siglip_keymap(vc: VisionConfig) -> keymaps.KeyMap:
   stacks = [LayerStack("layers", 0, n)]
   if vc.num_layers > n:
     stacks.append(LayerStack("unused_layers", n, vc.num_layers - n))
-  return keymaps.KeyMap.build(rules, keymaps.CLIP_VISION_LAYER_RULES, stacks,
+  return KeyMap.build(rules, CLIP_VISION_LAYER_RULES, stacks,
                               (r"embeddings\.position_ids",))
 
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from acformer_jax.config import VisionConfig
-from acformer_jax.conversion import keymaps
+from acformer_jax.keymap import CONV2D, LINEAR, KeyMap, LayerStack, Rule
 from acformer_jax.models import towers
 from acformer_jax.models.attention import attention as attend
 from acformer_jax.models.layers import (DEFAULT_KERNEL_INIT, DType, constrain, dense,
@@ -47,6 +47,40 @@ def activation(name: str):
   if name not in ACTIVATIONS:
     raise ValueError(f"vision.hidden_act={name!r} is not one of {sorted(ACTIVATIONS)}")
   return ACTIVATIONS[name]
+
+
+# --- CLIPVisionModel keys (spec 3.2, 2.9) ----------------------------------------------
+CLIP_VISION_RULES = (
+    Rule("embeddings.patch_embedding.weight", "embeddings/patch_embedding/kernel", CONV2D),
+    Rule("embeddings.class_embedding", "embeddings/class_embedding"),
+    Rule("embeddings.position_embedding.weight", "embeddings/position_embedding"),
+    Rule("pre_layrnorm.weight", "pre_layrnorm/scale"),
+    Rule("pre_layrnorm.bias", "pre_layrnorm/bias"),
+    Rule("post_layernorm.weight", "post_layernorm/scale"),
+    Rule("post_layernorm.bias", "post_layernorm/bias"),
+)
+CLIP_VISION_LAYER_RULES = tuple(
+    [Rule(f"encoder.layers.{{i}}.{ln}.{w}", f"{ln}/{o}")
+     for ln in ("layer_norm1", "layer_norm2") for w, o in (("weight", "scale"), ("bias", "bias"))]
+    + [Rule(f"encoder.layers.{{i}}.{mod}.weight", f"{mod.replace('.', '/')}/kernel", LINEAR)
+       for mod in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                   "self_attn.out_proj", "mlp.fc1", "mlp.fc2")]
+    + [Rule(f"encoder.layers.{{i}}.{mod}.bias", f"{mod.replace('.', '/')}/bias")
+       for mod in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                   "self_attn.out_proj", "mlp.fc1", "mlp.fc2")])
+CLIP_VISION_IGNORE = (r"embeddings\.position_ids",)
+
+
+def clip_vision_keymap(num_layers: int, num_computed_layers: int) -> KeyMap:
+  """CLIPVisionModel keys (transformers >= 5 spelling, no ``vision_model.`` prefix).
+
+  HF blocks ``0..n-1`` go to ``layers``, the rest to ``unused_layers`` (docs/design.md).
+  """
+  n = num_computed_layers
+  stacks = [LayerStack("layers", 0, n)]
+  if num_layers > n:
+    stacks.append(LayerStack("unused_layers", n, num_layers - n))
+  return KeyMap.build(CLIP_VISION_RULES, CLIP_VISION_LAYER_RULES, stacks, CLIP_VISION_IGNORE)
 
 
 def anchor_rows(q: jax.Array, k: jax.Array, anchor_row: str, num_prefix: int) -> jax.Array:
@@ -274,7 +308,7 @@ def _clip_validate(vc: VisionConfig):
 CLIP = towers.register_tower(towers.Tower(
     name="clip", module=VisionTransformer, hf_model_types=("clip_vision_model", "clip"),
     from_hf_config=clip_config_from_hf, to_hf_config=clip_config_to_hf,
-    keymap=lambda vc: keymaps.clip_vision_keymap(vc.num_layers, vc.num_computed_layers),
+    keymap=lambda vc: clip_vision_keymap(vc.num_layers, vc.num_computed_layers),
     hf_prefix=clip_prefix,
     flops=lambda vc: vit_flops(vc, vc.num_patches + 1, vc.num_computed_layers),
     image_mean=towers.CLIP_MEAN, image_std=towers.CLIP_STD,
