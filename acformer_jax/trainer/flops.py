@@ -19,10 +19,12 @@ softmax and embedding lookups are ignored):
   the projector on ``Nv`` tokens. All of it at 3x forward, except a projector that reads the
   frozen ViT features directly (``linear``/``mlp2x_gelu``/``pooling``/``top_p``/``evit``):
   its first matmul needs no input gradient (2x).
-* LLM on the padded sequence ``T``: per token ``2 (D H hd + 2 D K hd + H hd D + 3 D F)`` per
-  layer plus ``2 D V`` for the head (on ``train.loss_positions`` rows per sequence when set);
-  causal attention ``2 T^2 H hd`` per layer per sequence
-  (``QK^T`` and ``AV`` at ``2 T^2 H hd`` each, halved for the mask). Trained LLM: 3x forward.
+* LLM on the padded sequence ``T``, by its family's ``flops`` (``models/registry.py``); the
+  shared decoder's (``models/families/decoder_hf.py``): per token
+  ``2 (D H hd + 2 D K hd + H hd D + 3 D F)`` per layer plus ``2 D V`` for the head (on
+  ``train.loss_positions`` rows per sequence when set); causal attention ``2 T^2 H hd`` per
+  layer per sequence (``QK^T`` and ``AV`` at ``2 T^2 H hd`` each, halved for the mask; a
+  sliding window ``W < T`` drops the ``(T - W)^2 / 2`` pairs beyond it). Trained LLM: 3x forward.
   Frozen LLM (stage 1): weight matmuls 2x (input gradients only, to reach the visual
   tokens), attention 3x (it has no weights: its backward is two input gradients).
 """
@@ -37,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from acformer_jax import config as config_lib
+from acformer_jax.models import registry
 
 logger = logging.getLogger("acformer_jax.trainer.flops")
 
@@ -90,13 +93,9 @@ def connector_train_flops(mc: config_lib.ModelConfig) -> float:
 
 def llm_forward_flops(l: config_lib.LLMConfig, seq_len: int, head_positions: int = 0) -> tuple:
   """``(weight-matmul FLOPs, attention FLOPs)`` of one forward pass over ``seq_len`` tokens
-  (the LM head on ``head_positions`` of them when > 0, see ``trainer/loss.py``)."""
-  d, h, k, hd, f = l.hidden_size, l.num_heads, l.num_kv_heads, l.resolved_head_dim, l.intermediate_size
-  per_token_layer = 2.0 * (d * h * hd + 2 * d * k * hd + h * hd * d + 3 * d * f)
-  head_rows = min(head_positions, seq_len) if head_positions > 0 else seq_len
-  weights = seq_len * l.num_layers * per_token_layer + head_rows * 2.0 * d * l.vocab_size
-  attention = l.num_layers * 2.0 * seq_len * seq_len * h * hd
-  return weights, attention
+  (the LM head on ``head_positions`` of them when > 0, see ``trainer/loss.py``): the
+  formula of the config's LLM family (``models/registry.py``)."""
+  return registry.family(l.family).flops(l, seq_len, head_positions)
 
 
 def train_step_flops(mc: config_lib.ModelConfig, global_batch: int, seq_len: int, *,
