@@ -12,8 +12,10 @@ Supervision follows LLaVA-NeXT's conversation code (read for facts):
   assistant turn is supervised whole (its role header and its end token included), and
   the template's structural tokens are supervised wherever they occur
   (:attr:`ChatTemplate.unmask`: ``<|begin_of_text|>``, ``<|start_header_id|>``,
-  ``<|end_header_id|>``, ``<|eot_id|>``, ``"\\n\\n"`` for llama3; ``<|im_start|>``,
-  ``<|im_end|>``, ``"\\n"`` for chatml), matched by token id.
+  ``<|end_header_id|>``, ``<|eot_id|>`` for llama3; ``<|im_start|>``, ``<|im_end|>``,
+  ``"\\n"`` (id 198) for chatml), matched by token id. LLaVA-NeXT also lists ``"\\n\\n"``
+  for llama3 but looks it up as a vocabulary token string, which no byte-level token
+  spells, so it is never unmasked there; neither is it here.
 * ``mistral_instruct`` and ``gemma``: each answer plus its end token (``</s>``,
   ``<end_of_turn>``), as LLaVA-1.5 does for ``vicuna_v1``.
 """
@@ -64,7 +66,7 @@ CHAT_TEMPLATES: Dict[str, ChatTemplate] = {
         "llama3", "<|begin_of_text|>" + _llama3_head("system") + LLAMA3_SYSTEM + "<|eot_id|>",
         {r: (_llama3_head(r), "<|eot_id|>") for r in ("user", "assistant")},
         _llama3_head("assistant"), True, "<|eot_id|>",
-        ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "\n\n"),
+        ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
         strip=True),
     "chatml": ChatTemplate(
         "chatml", f"<|im_start|>system\n{CHATML_SYSTEM}<|im_end|>\n",
