@@ -176,3 +176,28 @@ def test_registry_lookup_and_detection():
   lc = registry.llm_config_from_hf(dict(base, model_type="gemma", num_key_value_heads=1))
   assert (lc.head_dim, lc.tie_word_embeddings, lc.norm_unit_offset, lc.scale_embeddings,
           lc.mlp_activation) == (256, True, True, True, "gelu_tanh")
+
+
+@pytest.mark.parametrize("name,family,template", [
+    ("llama3_8b_stage1", "llama3", "plain"), ("llama3_8b_stage2", "llama3", "llama3"),
+    ("qwen2_7b_stage1", "qwen2", "plain"), ("qwen2_7b_stage2", "qwen2", "chatml")])
+def test_recipes_validate(name, family, template):
+  """Llama-3-8B / Qwen2-7B with AcFormer-145, both stages: valid on 32 chips, the family's
+  decoder, template and FLOPs (8B: 2 * 7.5e9 weight FLOPs per token, within 2%)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  from acformer_jax.config import num_visual_tokens  # pylint: disable=import-outside-toplevel
+  from acformer_jax.trainer import flops  # pylint: disable=import-outside-toplevel
+  from acformer_jax.trainer.validate import validate  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(__file__).resolve().parents[2] / "configs" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(name, path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config()
+  c.init.params_from = "orbax:/runs/previous"
+  mc = validate(c, num_devices=32)
+  assert mc.llm.family == family and c.data.template == template
+  assert num_visual_tokens(mc) == 145 and mc.image_token_id == mc.llm.vocab_size
+  w, _ = flops.llm_forward_flops(mc.llm, 1, head_positions=1)
+  non_embedding = {"llama3": 7.50e9, "qwen2": 7.07e9}[family]  # params excl. the input table
+  assert w / 2 == pytest.approx(non_embedding, rel=0.02)
