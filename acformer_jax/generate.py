@@ -25,7 +25,8 @@ def _parse(argv):
   p.add_argument("--image", help="image file (omit for a text-only prompt)")
   p.add_argument("--prompt", help="question (required unless --interactive)")
   p.add_argument("--interactive", action="store_true", help="multi-turn chat from stdin")
-  p.add_argument("--template", default="vicuna_v1", help="conversation template")
+  p.add_argument("--template", default=None,
+                 help="conversation template (default: the LLM family's, e.g. vicuna_v1)")
   p.add_argument("--max_new_tokens", type=int, default=512)
   p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
   p.add_argument("--top_k", type=int, default=0, help="0 = off")
@@ -81,16 +82,18 @@ def _turns(first: Optional[str]):
 def run(args) -> int:
   import jax  # pylint: disable=import-outside-toplevel
   from acformer_jax.inference import pipeline, sampling  # pylint: disable=import-outside-toplevel
+  from acformer_jax.models import registry  # pylint: disable=import-outside-toplevel
   sampler = sampling.SamplerConfig(args.temperature, args.top_k, args.top_p)
   image = _load_image(args.image)
   gen = pipeline.load_generator(args.checkpoint, mesh_shape=args.mesh, dtype=args.dtype,
                                 tokenizer=args.tokenizer, bucket_multiple=args.bucket)
   rng = jax.random.PRNGKey(args.seed)
+  template = args.template or registry.family(gen.config.llm.family).template
   history: List[Tuple[str, str]] = []
   turns = _turns(args.prompt) if args.interactive else [args.prompt]
   for i, question in enumerate(turns):
     prompt = pipeline.conversation_prompt(history, question, has_image=image is not None,
-                                          template=args.template)
+                                          template=template)
     answer, = gen.generate([(image, prompt)], max_new_tokens=args.max_new_tokens,
                            sampler=sampler, rng=jax.random.fold_in(rng, i),
                            stop_strings=args.stop)
