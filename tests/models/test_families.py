@@ -201,3 +201,17 @@ def test_recipes_validate(name, family, template):
   w, _ = flops.llm_forward_flops(mc.llm, 1, head_positions=1)
   non_embedding = {"llama3": 7.50e9, "qwen2": 7.07e9}[family]  # params excl. the input table
   assert w / 2 == pytest.approx(non_embedding, rel=0.02)
+
+
+def test_unknown_family_fails_validation_early():
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  from acformer_jax.trainer.validate import ConfigError, validate  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "tiny_acformer_stage1.py"
+  spec = importlib.util.spec_from_file_location("tiny_s1", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config()
+  c.model.llm.family = "falcon"
+  with pytest.raises(ConfigError, match=r"model.llm.family='falcon' is not registered; known: "):
+    validate(c, num_devices=8)
