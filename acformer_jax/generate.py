@@ -3,7 +3,7 @@
   python -m acformer_jax.generate --checkpoint DIR --image PATH --prompt "What is this?"
   python -m acformer_jax.generate --checkpoint DIR --image PATH --interactive < questions.txt
 
-The prompt uses the ``vicuna_v1`` template; decoding is greedy unless ``--temperature`` > 0
+The prompt uses the LLM family's template (``vicuna_v1`` for LLaMA-2/Vicuna); decoding is greedy unless ``--temperature`` > 0
 (then ``--top_k`` / ``--top_p`` filter the distribution). ``--interactive`` is a multi-turn
 chat on one image like LLaVA's CLI: every stdin line is a user turn, the conversation is
 kept, and each answer is printed as ``ASSISTANT: ...``; an empty input, ``exit`` or EOF ends
@@ -25,7 +25,8 @@ _CHECKPOINT = cli.define("string", "checkpoint", None, "Checkpoint directory (mo
 _IMAGE = cli.define("string", "image", None, "Image file (omit for a text-only prompt).")
 _PROMPT = cli.define("string", "prompt", None, "Question (required unless --interactive).")
 _INTERACTIVE = cli.define("bool", "interactive", False, "Multi-turn chat from stdin.")
-_TEMPLATE = cli.define("string", "template", "vicuna_v1", "Conversation template.")
+_TEMPLATE = cli.define("string", "template", None, "Conversation template (default: the LLM "
+                       "family's, e.g. vicuna_v1).")
 _MAX_NEW = cli.define("integer", "max_new_tokens", 512, "Most tokens generated per answer.")
 _TEMPERATURE = cli.define("float", "temperature", 0.0, "Sampling temperature; 0 = greedy.")
 _TOP_K = cli.define("integer", "top_k", 0, "Top-k filter; 0 = off.")
@@ -86,16 +87,18 @@ def generate(args) -> int:
   """Answers ``args.prompt`` (or the stdin turns) about ``args.image``; prints the answers."""
   import jax  # pylint: disable=import-outside-toplevel
   from acformer_jax.inference import pipeline, sampling  # pylint: disable=import-outside-toplevel
+  from acformer_jax.models import registry  # pylint: disable=import-outside-toplevel
   sampler = sampling.SamplerConfig(args.temperature, args.top_k, args.top_p)
   image = _load_image(args.image)
   gen = pipeline.load_generator(args.checkpoint, mesh_shape=args.mesh, dtype=args.dtype,
                                 tokenizer=args.tokenizer, bucket_multiple=args.bucket)
   rng = jax.random.PRNGKey(args.seed)
+  template = args.template or registry.family(gen.config.llm.family).template
   history: List[Tuple[str, str]] = []
   turns = _turns(args.prompt) if args.interactive else [args.prompt]
   for i, question in enumerate(turns):
     prompt = pipeline.conversation_prompt(history, question, has_image=image is not None,
-                                          template=args.template)
+                                          template=template)
     answer, = gen.generate([(image, prompt)], max_new_tokens=args.max_new_tokens,
                            sampler=sampler, rng=jax.random.fold_in(rng, i),
                            stop_strings=args.stop)

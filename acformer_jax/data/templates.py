@@ -1,6 +1,7 @@
 """LLaVA-1.5 conversation templates, label masking and ``<image>`` expansion.
 
-Spec: ``acformer.md`` 2.4 (templates ``plain`` and ``vicuna_v1``), 2.5 (label masking),
+Spec: ``acformer.md`` 2.4 (templates ``plain`` and ``vicuna_v1``; the LLM families'
+``llama3``, ``chatml``, ``mistral_instruct`` and ``gemma`` are in ``chat_templates.py``), 2.5 (label masking),
 2.6 (chunk-wise tokenisation around ``<image>``, expansion, truncation after splicing) and
 ``eval.md`` section 1 (the generation prompt).
 
@@ -27,6 +28,8 @@ from typing import List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from acformer_jax.data import chat_templates
+
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = -200  # LLaVA's IMAGE_TOKEN_INDEX sentinel (never embedded)
 IMAGE_TOKEN = "<image>"
@@ -34,8 +37,9 @@ VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence a
                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 VICUNA_ROLES = ("USER", "ASSISTANT")
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
-TEMPLATES = ("plain", "vicuna_v1")
-_TEMPLATE_ALIASES = {"v1": "vicuna_v1", "vicuna_v1": "vicuna_v1", "plain": "plain"}
+TEMPLATES = ("plain", "vicuna_v1") + tuple(chat_templates.CHAT_TEMPLATES)
+_TEMPLATE_ALIASES = {"v1": "vicuna_v1", "vicuna_v1": "vicuna_v1", "plain": "plain", "qwen": "chatml",
+                     **{n: n for n in chat_templates.CHAT_TEMPLATES}}
 _ROLES = ("human", "gpt")
 
 
@@ -104,6 +108,8 @@ def normalize_turns(conversations: Sequence[Mapping[str, str]], *, has_image: bo
 def build_prompt(turns: Sequence[Tuple[str, str]], template: str) -> Tuple[str, List[Tuple[int, int]]]:
   """Renders validated turns; returns ``(prompt, supervised character spans)`` (spec 2.4, 2.5)."""
   template = canonical_template(template)
+  if template in chat_templates.CHAT_TEMPLATES:
+    return chat_templates.render(turns, template)
   if template == "plain":
     prompt = IMAGE_TOKEN + turns[1][1] + "\n"
     return prompt, [(len(IMAGE_TOKEN), len(prompt))]
@@ -126,12 +132,19 @@ def generation_prompt(question: str, *, has_image: bool = True, template: str = 
   user = (IMAGE_TOKEN + "\n" + question) if has_image else question
   if template == "plain":
     return IMAGE_TOKEN if has_image else question
+  if template in chat_templates.CHAT_TEMPLATES:
+    return chat_templates.generation_prompt(user, template)
   return f"{VICUNA_SYSTEM} {VICUNA_ROLES[0]}: {user} {VICUNA_ROLES[1]}:"
 
 
-def tokenize_chunks(encoder, text: str) -> List[int]:
+def adds_bos(template: str) -> bool:
+  """Whether the encoder's BOS is prepended (the family chat templates write theirs out)."""
+  return canonical_template(template) not in chat_templates.CHAT_TEMPLATES
+
+
+def tokenize_chunks(encoder, text: str, bos: bool = True) -> List[int]:
   """LLaVA's ``tokenizer_image_token``: one BOS, chunks joined by :data:`IMAGE_PLACEHOLDER`."""
-  ids = [encoder.bos_id] if encoder.bos_id is not None else []
+  ids = [encoder.bos_id] if bos and encoder.bos_id is not None else []
   for i, chunk in enumerate(text.split(IMAGE_TOKEN)):
     if i:
       ids.append(IMAGE_PLACEHOLDER)
@@ -139,15 +152,17 @@ def tokenize_chunks(encoder, text: str) -> List[int]:
   return ids
 
 
-def tokenize_prompt(encoder, prompt: str, spans: Sequence[Tuple[int, int]]) -> Tuple[List[int], List[int]]:
-  """Chunk-wise ids of ``prompt`` and labels that keep only the tokens of ``spans``."""
-  ids = tokenize_chunks(encoder, prompt)
+def tokenize_prompt(encoder, prompt: str, spans: Sequence[Tuple[int, int]], bos: bool = True,
+                    unmask: Sequence[int] = ()) -> Tuple[List[int], List[int]]:
+  """Chunk-wise ids of ``prompt`` and labels that keep only the tokens of ``spans`` (and
+  every token whose id is in ``unmask``)."""
+  ids = tokenize_chunks(encoder, prompt, bos)
   labels = [IGNORE_INDEX] * len(ids)
   cache = {len(prompt): len(ids)}
 
   def boundary(c: int) -> int:
     if c not in cache:
-      prefix = tokenize_chunks(encoder, prompt[:c])
+      prefix = tokenize_chunks(encoder, prompt[:c], bos)
       if ids[:len(prefix)] != prefix:
         raise SampleError("tokenization_mismatch",
                           f"tokens of the prompt prefix ending at char {c} are not a prefix of the full ids")
@@ -157,6 +172,8 @@ def tokenize_prompt(encoder, prompt: str, spans: Sequence[Tuple[int, int]]) -> T
   for start, end in spans:
     a, b = boundary(start), boundary(end)
     labels[a:b] = ids[a:b]
+  keep = set(unmask)
+  labels = [t if t in keep else l for t, l in zip(ids, labels)]
   return ids, labels
 
 
@@ -195,7 +212,9 @@ def tokenize_conversation(conversations, *, has_image: bool, template: str, enco
     raise ValueError(f"overlong must be 'truncate' or 'skip', got {overlong!r}")
   turns = normalize_turns(conversations, has_image=has_image, template=template)
   prompt, spans = build_prompt(turns, template)
-  ids, labels = tokenize_prompt(encoder, prompt, spans)
+  name = canonical_template(template)
+  unmask = chat_templates.unmask_ids(encoder, name) if name in chat_templates.CHAT_TEMPLATES else ()
+  ids, labels = tokenize_prompt(encoder, prompt, spans, adds_bos(name), unmask)
   ids, labels = expand_image_tokens(ids, labels, num_visual_tokens, image_token_id)
   truncated = len(ids) > max_length
   if truncated:
@@ -210,6 +229,7 @@ def tokenize_conversation(conversations, *, has_image: bool, template: str, enco
 def encode_generation_prompt(encoder, question: str, *, has_image: bool, num_visual_tokens: int,
                              image_token_id: int, template: str = "vicuna_v1") -> np.ndarray:
   """Ids of :func:`generation_prompt` with the image slots expanded (for inference)."""
-  ids = tokenize_chunks(encoder, generation_prompt(question, has_image=has_image, template=template))
+  ids = tokenize_chunks(encoder, generation_prompt(question, has_image=has_image, template=template),
+                        adds_bos(template))
   out, _ = expand_image_tokens(ids, ids, num_visual_tokens, image_token_id)
   return out

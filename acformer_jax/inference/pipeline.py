@@ -21,6 +21,7 @@ from acformer_jax import config as config_lib
 from acformer_jax import sharding as sharding_lib
 from acformer_jax.data import preprocess, templates
 from acformer_jax.data.tokenizer import make_encoder
+from acformer_jax.models import registry
 from acformer_jax.inference import engine as engine_lib
 from acformer_jax.inference import loading, sampling
 
@@ -93,10 +94,17 @@ class Generator:
           f"item {index}: the prompt has {n_marks} {templates.IMAGE_TOKEN} marker(s) but "
           f"{'an image was' if has_image else 'no image was'} given (expected exactly "
           f"{1 if has_image else 0})")
-    ids = templates.tokenize_chunks(self.encoder, prompt)
+    bos_text = getattr(self.tokenizer, "bos_token", None)  # family templates write their BOS
+    ids = templates.tokenize_chunks(self.encoder, prompt,
+                                    bos=not (bos_text and prompt.startswith(bos_text)))
     out, _ = templates.expand_image_tokens(ids, ids, self.num_visual_tokens,
                                            self.config.image_token_id)
     return out
+
+  def family_stop_ids(self) -> list:
+    """Token sequences of the LLM family's stop tokens (``models/registry.py``)."""
+    stops = registry.family(self.config.llm.family).stop_tokens
+    return [ids for ids in (self.encoder.encode(s, False) for s in stops) if ids]
 
   def decode(self, tokens: Sequence[int]) -> str:
     return self.tokenizer.decode(list(tokens), skip_special_tokens=True).strip()
@@ -116,7 +124,7 @@ class Generator:
           ids.tolist(), None if img is None else prepare_image(img, size)))
     self.engine.batch_size = max(self.engine.batch_size, len(reqs))
     results = self.engine.generate(reqs, max_new_tokens=max_new_tokens, sampler=sampler,
-                                   rng=rng)
+                                   rng=rng, stop_token_ids=self.family_stop_ids())
     texts = []
     for r in results:
       text = self.decode(r.tokens)

@@ -42,6 +42,8 @@ def _dict_of(dc) -> ml_collections.ConfigDict:
     d["rope_scaling"] = config_dict.placeholder(tuple)
   if "head_dim" in d and d["head_dim"] is None:
     d["head_dim"] = config_dict.placeholder(int)
+  if "sliding_window" in d and d["sliding_window"] is None:
+    d["sliding_window"] = config_dict.placeholder(int)
   return ml_collections.ConfigDict(d)
 
 
@@ -160,6 +162,19 @@ def vicuna_llava15(size: str, stage: int, connector: str,
   c.mesh.shape = (1, -1, 1)
   c.model.remat_policy = remat_policy
   c.checkpoint.every = 500
+  return c
+
+
+def family_llava15(llm: config_lib.LLMConfig, stage: int, connector: str,
+                   remat_policy: str = "minimal") -> ml_collections.ConfigDict:
+  """:func:`vicuna_llava15` with another LLM (e.g. ``families.llama3.PRESETS["8b"]``); stage
+  2 uses the LLM family's chat template (``models/registry.py``)."""
+  from acformer_jax.models import registry  # pylint: disable=import-outside-toplevel
+  c = vicuna_llava15("7b", stage, connector, remat_policy)
+  c.model.llm = _dict_of(llm)
+  c.model.image_token_id = llm.vocab_size
+  if stage == 2:
+    c.data.template = registry.family(llm.family).template
   return c
 
 

@@ -19,10 +19,12 @@ softmax and embedding lookups are ignored):
   the projector on ``Nv`` tokens. All of it at 3x forward, except a projector that reads the
   frozen ViT features directly (``linear``/``mlp2x_gelu``/``pooling``/``top_p``/``evit``):
   its first matmul needs no input gradient (2x).
-* LLM: per token ``2 (D H hd + 2 D K hd + H hd D + 3 D F)`` per
+* LLM: by its family's ``flops`` (``models/registry.py``); the shared decoder's
+  (``models/families/decoder_hf.py``): per token ``2 (D H hd + 2 D K hd + H hd D + 3 D F)`` per
   layer plus ``2 D V`` for the head (on ``train.loss_positions`` rows per sequence when set);
-  causal attention ``2 L^2 H hd`` per layer per sample of ``L`` tokens
-  (``QK^T`` and ``AV`` at ``2 L^2 H hd`` each, halved for the mask). Trained LLM: 3x forward.
+  causal attention ``2 L^2 H hd`` per layer per sample of ``L`` tokens (``QK^T`` and ``AV`` at
+  ``2 L^2 H hd`` each, halved for the mask; a sliding window ``W < L`` drops the
+  ``(L - W)^2 / 2`` pairs beyond it in the padded count). Trained LLM: 3x forward.
   Frozen LLM (stage 1): weight matmuls 2x (input gradients only, to reach the visual
   tokens), attention 3x (it has no weights: its backward is two input gradients).
 
@@ -42,6 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from acformer_jax import config as config_lib
+from acformer_jax.models import registry
 from acformer_jax.models.towers import tower
 
 logger = logging.getLogger("acformer_jax.trainer.flops")
@@ -93,18 +96,21 @@ def connector_train_flops(mc: config_lib.ModelConfig) -> float:
 
 def llm_coefficients(l: config_lib.LLMConfig) -> tuple:
   """Forward FLOPs ``(per token in the layers, per token of the LM head, per query-key pair
-  of a segment's full ``L x L`` score matrix)``; causal attention costs half the pairs."""
-  d, h, k, hd, f = l.hidden_size, l.num_heads, l.num_kv_heads, l.resolved_head_dim, l.intermediate_size
-  per_token = l.num_layers * 2.0 * (d * h * hd + 2 * d * k * hd + h * hd * d + 3 * d * f)
-  return per_token, 2.0 * d * l.vocab_size, l.num_layers * 2.0 * h * hd
+  of a segment's full ``L x L`` score matrix)``, read off the family's formula (causal
+  attention costs half the pairs; a sliding window is not applied per sample)."""
+  fam = registry.family(l.family)
+  one, _ = fam.flops(l, 1, 0)        # per_token + head
+  two, _ = fam.flops(l, 2, 1)        # 2 per_token + head
+  _, attn = fam.flops(l, 2, 0)       # pair * 2^2 (no window is shorter than 2)
+  per_token = two - one
+  return per_token, one - per_token, attn / 4.0
 
 
 def llm_forward_flops(l: config_lib.LLMConfig, seq_len: int, head_positions: int = 0) -> tuple:
   """``(weight-matmul FLOPs, attention FLOPs)`` of one forward pass over ``seq_len`` tokens
-  (the LM head on ``head_positions`` of them when > 0, see ``trainer/loss.py``)."""
-  per_token, head, pair = llm_coefficients(l)
-  head_rows = min(head_positions, seq_len) if head_positions > 0 else seq_len
-  return seq_len * per_token + head_rows * head, pair * seq_len * seq_len
+  (the LM head on ``head_positions`` of them when > 0, see ``trainer/loss.py``): the
+  formula of the config's LLM family (``models/registry.py``)."""
+  return registry.family(l.family).flops(l, seq_len, head_positions)
 
 
 def _llm_train(weights: float, attention: float, llm_trainable: bool) -> float:

@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence
 from acformer_jax import config as config_lib
 from acformer_jax import sharding as sharding_lib
 from acformer_jax.models import towers
+from acformer_jax.models import registry
 from acformer_jax.models.layers import REMAT_POLICIES
 from acformer_jax.trainer import experiment
 
@@ -42,6 +43,9 @@ def resolve_mesh_shape(shape: Sequence[int], dcn_shape: Sequence[int], num_devic
 def _check_model(mc: config_lib.ModelConfig, errors: List[str], pretrained: bool = False) -> None:
   c, v, l = mc.connector, mc.vision, mc.llm
   errors.extend(towers.validate(v))
+  if l.family not in registry.FAMILIES:
+    errors.append(f"model.llm.family={l.family!r} is not registered; known: "
+                  f"{registry.FAMILIES.names()}")
   if c.type not in config_lib.CONNECTOR_TYPES:
     errors.append(f"model.connector.type={c.type!r} is not one of {config_lib.CONNECTOR_TYPES}")
     return

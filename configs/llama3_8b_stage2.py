@@ -1,0 +1,18 @@
+"""Meta-Llama-3-8B-Instruct + CLIP ViT-L/14-336, stage 2 (visual instruction tuning, ``acformer.md`` 2.2).
+
+Argument: the connector preset (the stage-1 run's; default ``acformer144``). Connector + LLM
+train; recipe as ``vicuna7b_stage2.py`` (lr 2e-5, batch 128) with the llama3 family's chat
+template (its registry default) and decoder:
+
+  python -m acformer_jax.train --config configs/llama3_8b_stage2.py:acformer144 \
+      --workdir gs://BUCKET/runs/llama3_8b_ac144_s2 \
+      --config.init.params_from=orbax:gs://BUCKET/runs/llama3_8b_ac144_s1 \
+      --config.data.tokenizer_path=/ckpt/Meta-Llama-3-8B-Instruct \
+      --config.data.manual_dir=/data/llava_mix665k --config.data.data_dir=/data/tfds
+"""
+from acformer_jax.models.families import llama3
+from acformer_jax.trainer import experiment
+
+
+def get_config(connector: str = "acformer144"):
+  return experiment.family_llava15(llama3.PRESETS["8b"], 2, connector, remat_policy="minimal")
