@@ -3,8 +3,8 @@
   python -m acformer_jax.generate --checkpoint DIR --image PATH --prompt "What is this?"
   python -m acformer_jax.generate --checkpoint DIR --image PATH --interactive < questions.txt
 
-The prompt uses the LLM family's template (``vicuna_v1`` for LLaMA-2/Vicuna); decoding is greedy unless ``--temperature`` > 0
-(then ``--top_k`` / ``--top_p`` filter the distribution). ``--interactive`` is a multi-turn
+The prompt uses the LLM family's template (``vicuna_v1`` for LLaMA-2/Vicuna); decoding is
+greedy unless ``--temperature`` > 0 (then ``--top_k`` / ``--top_p`` filter the distribution). ``--interactive`` is a multi-turn
 chat on one image like LLaVA's CLI: every stdin line is a user turn, the conversation is
 kept, and each answer is printed as ``ASSISTANT: ...``; an empty input, ``exit`` or EOF ends
 it. ``DIR`` is an inference checkpoint (docs/inference.md) or a transformers Llava
