@@ -137,10 +137,11 @@ class _Deadline:
   what was expected (the blocking call releases the GIL, so the thread can run).
   """
 
-  def __init__(self, timeout_s: float, describe: str):
+  def __init__(self, timeout_s: float, describe: str, rollcall=None):
     self._done = threading.Event()
     self._timeout_s = timeout_s
     self._describe = describe
+    self._rollcall = rollcall  # names the missing process ids
     self._thread = threading.Thread(target=self._watch, name="acformer-startup-deadline", daemon=True)
 
   def _watch(self):
@@ -148,7 +149,9 @@ class _Deadline:
       return
     sys.stderr.write(
         f"\nERROR acformer_jax.distributed: start-up did not finish within {self._timeout_s:g} s "
-        f"({self._describe}). Not every expected process joined: check that all processes were "
+        f"({self._describe}). Not every expected process joined"
+        + (f"; {self._rollcall.summary()}" if self._rollcall is not None else "") +
+        ": check that all processes were "
         "started with the same coordinator address and process count, that each has a distinct "
         "process id, and that the coordinator port is reachable. Exiting instead of hanging.\n")
     sys.stderr.flush()
@@ -160,6 +163,8 @@ class _Deadline:
 
   def __exit__(self, *exc):
     self._done.set()
+    if self._rollcall is not None:
+      self._rollcall.stop()
 
 
 def _configure_cpu(s: Settings, distributed: bool) -> None:
@@ -241,7 +246,11 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   describe = (f"process {s.process_id if s.process_id is not None else '?'} of "
               f"{s.num_processes or '?'}, coordinator {s.coordinator_address or 'auto-detected'}")
   t0 = time.time()
-  with _Deadline(s.timeout_s, describe):
+  rollcall = None
+  if distributed and s.coordinator_address and s.num_processes and s.process_id is not None:
+    from acformer_jax.rollcall import RollCall  # pylint: disable=import-outside-toplevel
+    rollcall = RollCall(s.coordinator_address, s.num_processes, s.process_id).start()
+  with _Deadline(s.timeout_s, describe, rollcall):
     if distributed:
       try:
         jax.distributed.initialize(

@@ -91,9 +91,9 @@ def _worker(process_id: int, port: int, ckpt_dir: str, out_json: str) -> None:
     json.dump(result, f)
 
 
-def _lonely(process_id: int, port: int, timeout_s: float) -> None:
+def _lonely(process_id: int, port: int, timeout_s: float, num_processes: int = 2) -> None:
   from acformer_jax import distributed
-  distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+  distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes,
                          process_id=process_id, local_device_count=4, timeout_s=timeout_s)
   print("UNEXPECTED: start-up returned", flush=True)
 
@@ -162,6 +162,27 @@ def test_missing_process_fails_fast_with_clear_error():
   assert elapsed < timeout_s + 50, elapsed
 
 
+@pytest.mark.multiprocess
+def test_startup_timeout_names_the_missing_process_ids():
+  """Processes 0 and 2 of 3 start, process 1 never does: both name it."""
+  timeout_s, port = 6.0, _free_port()
+  env = {"ACFORMER_ROLLCALL_PORT": str(_free_port())}
+  procs = [_spawn("lonely", i, port, timeout_s, 3, extra_env=env) for i in (0, 2)]
+  try:
+    outs = [p.communicate(timeout=90) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 124, f"rc={p.returncode}\n{out}\n{err[-3000:]}"
+    assert "missing process ids: [1] (joined: [0, 2])" in err, err[-3000:]
+  # Without process 0 a worker says so.
+  lone = _spawn("lonely", 1, _free_port(), 3.0, 2)
+  _, err = lone.communicate(timeout=90)
+  assert "missing process ids include [0]" in err, err[-3000:]
+
+
 def test_resolve_settings_env_and_errors():
   from acformer_jax import distributed as d
   env = {"ACFORMER_COORDINATOR": "10.0.0.1:1234", "ACFORMER_NUM_PROCESSES": "4",
@@ -213,6 +234,6 @@ if __name__ == "__main__":
   if kind == "worker":
     _worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
   elif kind == "lonely":
-    _lonely(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
+    _lonely(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), *map(int, sys.argv[5:6]))
   else:
     raise SystemExit(f"unknown worker kind {kind!r}")

@@ -90,13 +90,15 @@ def make_builder(cfg: Mapping[str, Any]):
 
 
 def _other_builds(builder) -> List[Any]:
-  """Prepared builds of the same builder, version and source JSON in the same data_dir
-  (other content fingerprints), newest first."""
+  """Other prepared builds of the same builder, version and source JSON in the same data_dir
+  (keyed by another fingerprint, or unkeyed: ``tfds_build --manual_dir``), newest first."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   src = str(getattr(builder, "_json_path", "") or "")
   root = pathlib.Path(builder.data_dir).parents[1]  # <data_dir>/<name>/<config>/<version>
   found = []
-  for info in root.glob(f"*/{builder.version}/dataset_info.json"):
+  infos = list(root.glob(f"*/{builder.version}/dataset_info.json"))
+  infos += list(root.glob(f"{builder.version}/dataset_info.json"))  # built without json_path
+  for info in infos:
     if info.parent == pathlib.Path(builder.data_dir):
       continue
     try:
@@ -118,6 +120,9 @@ def open_data_source(cfg: Mapping[str, Any], *, allow_build: bool = True):
   builder = make_builder(cfg)
   if not builder.is_prepared():
     stale = _other_builds(builder) if getattr(builder, "_json_path", None) else []
+    same = [b for b in stale if b.info.metadata.get("fingerprint") == getattr(builder, "_fingerprint", None)]
+    if same:  # e.g. built beforehand by tfds_build --manual_dir: same content, other name
+      return same[0], same[0].as_data_source(split=cfg["split"])
     if stale and cfg.get("reuse_stale"):
       logger.warning("data.reuse_stale=True: using %s, built from an older version of %s "
                      "(sources changed since)", stale[0].data_dir, cfg.get("json_path"))

@@ -50,6 +50,11 @@ def test_tfds_build_cli_with_manual_dir(llava_pretrain_folder, tmp_path):
   for e in entries:
     assert recs[e["id"]]["image"] == (root / "images" / e["image"]).read_bytes()
     assert record_conversations(recs[e["id"]])[1]["value"] == e["conversations"][1]["value"]
+  # The trainer finds this prebuilt dataset by its content fingerprint (multi-host runs cannot build).
+  from acformer_jax.data.train_data import open_data_source, resolve_data_config
+  cfg = resolve_data_config({"builder": "llava_pretrain", "manual_dir": str(root), "data_dir": str(tmp_path)})
+  _, again = open_data_source(cfg, allow_build=False)
+  assert len(again) == len(entries)
 
 
 def test_clear_errors_for_bad_paths(tmp_path, llava_pretrain_folder):
