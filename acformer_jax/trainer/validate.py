@@ -13,7 +13,7 @@ import math
 from typing import List, Optional, Sequence
 
 from acformer_jax import config as config_lib
-from acformer_jax.models import towers
+from acformer_jax.models import connectors, towers
 from acformer_jax.models.layers import REMAT_POLICIES
 from acformer_jax.trainer import experiment
 
@@ -59,19 +59,13 @@ def resolve_mesh_shape(shape: Sequence[int], dcn_shape: Sequence[int], num_devic
 def _check_model(mc: config_lib.ModelConfig, errors: List[str]) -> None:
   c, v, l = mc.connector, mc.vision, mc.llm
   errors.extend(towers.validate(v))
-  if c.type not in config_lib.CONNECTOR_TYPES:
-    errors.append(f"model.connector.type={c.type!r} is not one of {config_lib.CONNECTOR_TYPES}")
+  problems = connectors.validate(mc)
+  errors.extend(problems)
+  if c.type not in connectors.connector_names():
     return
-  if c.type in ("acformer", "top_p"):
-    if c.num_queries < v.num_heads:
-      errors.append(f"model.connector.num_queries={c.num_queries} is below the ViT head count "
-                    f"model.vision.num_heads={v.num_heads}: every head must contribute >= 1 anchor")
-    elif v.num_heads * (c.num_queries // v.num_heads) > v.num_patches:
-      errors.append(f"model.connector.num_queries={c.num_queries} exceeds the "
-                    f"{v.num_patches} patches of the ViT")
-    elif c.num_queries % v.num_heads:
-      logger.warning("model.connector.num_queries=%d is not a multiple of %d heads: %d anchors are "
-                     "used", c.num_queries, v.num_heads, v.num_heads * (c.num_queries // v.num_heads))
+  if not problems and connectors.connector(c.type).uses_anchor_attn and c.num_queries % v.num_heads:
+    logger.warning("model.connector.num_queries=%d is not a multiple of %d heads: %d anchors are "
+                   "used", c.num_queries, v.num_heads, v.num_heads * (c.num_queries // v.num_heads))
   if mc.remat_policy not in REMAT_POLICIES:
     errors.append(f"model.remat_policy={mc.remat_policy!r} is not one of {REMAT_POLICIES}")
   if l.hidden_size % l.num_heads or l.num_heads % l.num_kv_heads:
@@ -127,7 +121,7 @@ def validate(config, *, num_devices: int, process_count: int = 1) -> config_lib.
   if int(config.checkpoint.every) < 1 or int(config.checkpoint.keep) < 1:
     errors.append(f"checkpoint.every={config.checkpoint.every} and checkpoint.keep="
                   f"{config.checkpoint.keep} must be >= 1")
-  nv = config_lib.num_visual_tokens(mc) if mc.connector.type in config_lib.CONNECTOR_TYPES else 0
+  nv = config_lib.num_visual_tokens(mc) if mc.connector.type in connectors.connector_names() else 0
   if int(config.data.max_length) <= nv:
     errors.append(f"data.max_length={config.data.max_length} leaves no room for text after the "
                   f"{nv} visual tokens of connector {mc.connector.type!r}")
