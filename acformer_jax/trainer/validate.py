@@ -91,6 +91,8 @@ def validate(config, *, num_devices: int, process_count: int = 1) -> config_lib.
   except (TypeError, ValueError) as e:
     raise ConfigError(f"config.model: {e}") from e
   _check_model(mc, errors)
+  if mc.connector.type in connectors.connector_names():
+    experiment.resolve_max_length(config)
 
   t = config.train
   mesh = resolve_mesh_shape(config.mesh.shape, config.mesh.dcn_shape, num_devices, errors)
