@@ -47,6 +47,8 @@ _CONNECTOR = flags.DEFINE_string("connector", None, "JSON ConnectorConfig fields
                                  "connector (hf-clip / hf-llama) or resampler sizes (stage 1).")
 _SELECT_LAYER = flags.DEFINE_integer("select_layer", -2, "Vision feature layer when the input "
                                      "has no config for it (hf-clip, hf-llama, llava-stage1).")
+_NUM_QUERIES = flags.DEFINE_integer("num_queries", None, "acformer: the anchor budget K when "
+                                    "config.json has no acformer_num_queries (e.g. 144).")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer directory (default: the input's).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of a fresh connector.")
 _MESH = flags.DEFINE_string("mesh", "1,-1,1", "data,fsdp,tensor mesh the params are placed on.")
@@ -85,6 +87,7 @@ def main(argv) -> int:
         _FORMAT.value, _INPUT.value, _OUTPUT.value, vision=_VISION.value, llm=_LLM.value,
         mesh=sharding.make_mesh(sharding.parse_mesh_flag(_MESH.value)), param_dtype=_PARAM_DTYPE.value,
         connector=connector, select_layer=_SELECT_LAYER.value, seed=_SEED.value,
+        num_queries=_NUM_QUERIES.value,
         skip_check=_SKIP_CHECK.value, tolerance=_TOL.value, overwrite=_OVERWRITE.value,
         tokenizer=_TOKENIZER.value, progress=_PROGRESS.value and info.process_index == 0)
   except (keymaps.ConversionError, ValueError, FileNotFoundError, FileExistsError, KeyError) as e:

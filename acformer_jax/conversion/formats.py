@@ -28,6 +28,8 @@ from acformer_jax.conversion import hf_llava, llava
 from acformer_jax.conversion import plan as plan_lib
 from acformer_jax.conversion import towers
 from acformer_jax.conversion.sources import TensorSource, has_weights
+from acformer_jax.models import connectors
+from acformer_jax.models import towers as towers_lib
 
 
 def _plan_towers(fmt: str, input_path, vision=None, llm=None, connector=None,
@@ -80,7 +82,7 @@ EXPORT_FORMATS = ("hf-llava", "llava", "acformer")
 
 
 def make_plan(fmt: str, input_path, vision=None, llm=None, connector: Optional[dict] = None,
-              select_layer: int = -2) -> plan_lib.Plan:
+              select_layer: int = -2, num_queries: Optional[int] = None) -> plan_lib.Plan:
   """Plans a conversion (reads config files and tensor headers only)."""
   if fmt not in FORMATS:
     raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(FORMATS)}")
@@ -88,9 +90,15 @@ def make_plan(fmt: str, input_path, vision=None, llm=None, connector: Optional[d
     raise ValueError("--input is required")
   if connector and fmt not in ("hf-clip", "hf-llama", "llava-stage1"):
     raise ValueError(f"--connector does not apply to {fmt}: the checkpoint defines its connector")
+  if num_queries is not None and fmt != "acformer":
+    raise ValueError(f"--num_queries applies to --format acformer only, not {fmt}")
   plan = FORMATS[fmt](input_path, vision=vision, llm=llm, connector=connector,
-                      select_layer=select_layer)
+                      select_layer=select_layer,
+                      **({"num_queries": num_queries} if num_queries is not None else {}))
   plan_lib.add_split_views(plan.source, plan.keymap, plan.problems)
+  bad = towers_lib.validate(plan.config.vision) + connectors.validate(plan.config)
+  if bad:  # the model cannot even be built: report with the config problems found so far
+    plan_lib.fail(f"{fmt} input {input_path}", plan.problems + bad)
   return plan
 
 
