@@ -9,11 +9,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional, Tuple
 
-CONNECTOR_TYPES = (
-    "linear", "mlp2x_gelu", "pooling", "pooling_pr", "random_pr", "pr",
-    "c_abstractor", "top_p", "evit", "acformer",
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
@@ -99,8 +94,9 @@ class LLMConfig:
 class ConnectorConfig:
   """Vision-language connector (spec 1.4-1.5, 1.8).
 
+  ``type`` names an entry of the connector registry (``models/connectors.py``).
   ``num_queries`` is the visual-token budget K: 64/144/256 give 65/145/257 tokens for
-  the anchor-based connectors (CLS is always added). Ignored by ``linear`` and
+  most baselines (CLS added; the C-Abstractor gives K). Ignored by ``linear`` and
   ``mlp2x_gelu`` (576 = all patches, CLS dropped).
   """
   type: str = "acformer"
@@ -165,21 +161,13 @@ def model_config_to_dict(cfg: ModelConfig) -> dict:
 
 
 def num_visual_tokens(cfg: ModelConfig) -> int:
-  """Visual tokens the connector emits into the LLM sequence (spec 1.7, 1.8).
+  """Visual tokens the connector emits into the LLM sequence (spec 1.7, 1.8): the
+  connector registry's count for ``connector.type`` (``models/connectors.py``)."""
+  from acformer_jax.models import connectors  # pylint: disable=import-outside-toplevel
+  return connectors.connector(cfg.connector.type).tokens(cfg)
 
-  With budget K = ``connector.num_queries`` and H ViT heads: ``linear`` /
-  ``mlp2x_gelu`` keep all patches (576); ``acformer`` / ``top_p`` give
-  1 + H*(K//H); ``evit`` gives K+2 (CLS, K kept, one fused); every other baseline
-  gives K+1 (the paper's 65/145/257). See ``models/connectors.py``.
-  """
-  c, v = cfg.connector, cfg.vision
-  if c.type not in CONNECTOR_TYPES:
-    raise ValueError(f"connector.type={c.type!r} is not one of {CONNECTOR_TYPES}")
-  if c.type in ("linear", "mlp2x_gelu"):
-    return v.num_patches
-  if c.type in ("acformer", "top_p"):
-    return 1 + v.num_heads * (c.num_queries // v.num_heads)
-  if c.type == "evit":
-    return c.num_queries + 2  # CLS + kept tokens + one fused token
-  # pooling, pooling_pr, random_pr, pr, c_abstractor: CLS (or one extra latent) + K
-  return c.num_queries + 1
+
+def connector_types() -> Tuple[str, ...]:
+  """The registered ``connector.type`` names."""
+  from acformer_jax.models import connectors  # pylint: disable=import-outside-toplevel
+  return connectors.connector_names()

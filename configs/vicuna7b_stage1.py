@@ -1,7 +1,11 @@
 """Vicuna-7B v1.5 + CLIP ViT-L/14-336, stage 1 (feature alignment, ``acformer.md`` 2.1).
 
-Argument: the connector, ``acformer64`` | ``acformer144`` (default) | ``acformer256`` |
-``mlp2x_gelu`` (LLaVA-1.5's 576 tokens). Only the connector trains (lr 1e-3, batch 256,
+Argument: the connector preset (``experiment.CONNECTOR_PRESETS``): ``<type><K>`` for
+every connector of the paper's Tables 3-4 -- acformer, pooling, pooling_pr, random_pr, pr,
+c_abstractor, top_p, evit -- at K = 64 | 144 | 256 (65/145/257 visual tokens; the
+official C-Abstractor gives K, E-ViT K+2), e.g. ``acformer144`` (default) or
+``c_abstractor144``; or ``mlp2x_gelu`` (LLaVA-1.5's 576 tokens). ``data.max_length`` is
+the connector's stage-1 rule, computed after command-line overrides. Only the connector trains (lr 1e-3, batch 256,
 warmup 0.03 + cosine, 1 epoch of LCS-558K = 2181 steps).
 
   python -m acformer_jax.train --config configs/vicuna7b_stage1.py:acformer144 \

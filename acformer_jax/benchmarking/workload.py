@@ -45,9 +45,9 @@ def connector_config(name: str, base: config_lib.ConnectorConfig) -> config_lib.
   if name in experiment.CONNECTOR_PRESETS:
     return dataclasses.replace(base, **experiment.CONNECTOR_PRESETS[name])
   kind, _, k = name.partition(":")
-  if kind not in config_lib.CONNECTOR_TYPES:
+  if kind not in config_lib.connector_types():
     raise ValueError(f"connector {name!r}: expected a preset {sorted(experiment.CONNECTOR_PRESETS)}, "
-                     f"a type {config_lib.CONNECTOR_TYPES} or 'type:K'")
+                     f"a type {config_lib.connector_types()} or 'type:K'")
   out = dataclasses.replace(base, type=kind)
   if k:
     try:

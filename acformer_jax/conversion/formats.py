@@ -45,6 +45,8 @@ def format_names():
   """Every input format, ``hf-<family>`` for each registered family included."""
   return tuple(FORMATS) + tuple(LLM_FORMAT_PREFIX + n for n in registry.FAMILIES.names()
                                 if LLM_FORMAT_PREFIX + n not in FORMATS)
+from acformer_jax.models import connectors
+from acformer_jax.models import towers as towers_lib
 
 
 def _plan_towers(fmt: str, input_path, vision=None, llm=None, connector=None,
@@ -136,7 +138,7 @@ def format_hint(fmt: Optional[str], input_path) -> str:
 
 
 def make_plan(fmt: str, input_path, vision=None, llm=None, connector: Optional[dict] = None,
-              select_layer: int = -2) -> plan_lib.Plan:
+              select_layer: int = -2, num_queries: Optional[int] = None) -> plan_lib.Plan:
   """Plans a conversion (reads config files and tensor headers only)."""
   if fmt not in FORMATS and not llm_format_family(fmt):
     import difflib  # pylint: disable=import-outside-toplevel
@@ -148,10 +150,13 @@ def make_plan(fmt: str, input_path, vision=None, llm=None, connector: Optional[d
     raise ValueError("--input is required")
   if connector and fmt not in ("hf-clip", "llava-stage1") and not llm_format_family(fmt):
     raise ValueError(f"--connector does not apply to {fmt}: the checkpoint defines its connector")
+  if num_queries is not None and fmt != "acformer":
+    raise ValueError(f"--num_queries applies to --format acformer only, not {fmt}")
   planner = FORMATS.get(fmt) or (lambda *a, **k: _plan_towers(fmt, *a, **k))
   try:
     plan = planner(input_path, vision=vision, llm=llm, connector=connector,
-                   select_layer=select_layer)
+                   select_layer=select_layer,
+                   **({"num_queries": num_queries} if num_queries is not None else {}))
   except (ValueError, FileNotFoundError) as e:  # ConversionError is a ValueError
     hint = format_hint(fmt, input_path)
     try:
@@ -162,6 +167,9 @@ def make_plan(fmt: str, input_path, vision=None, llm=None, connector: Optional[d
       raise
     raise better from None
   plan_lib.add_split_views(plan.source, plan.keymap, plan.problems)
+  bad = towers_lib.validate(plan.config.vision) + connectors.validate(plan.config)
+  if bad:  # the model cannot even be built: report with the config problems found so far
+    plan_lib.fail(f"{fmt} input {input_path}", plan.problems + bad)
   return plan
 
 

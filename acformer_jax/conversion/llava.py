@@ -98,7 +98,7 @@ def _check_width(d: dict, vc: config_lib.VisionConfig, problems: List[str]):
                     f"{vc.hidden_size}")
 
 
-def _plan_full(fmt: str, input_dir, vision, llm, **_) -> plan_lib.Plan:
+def _plan_full(fmt: str, input_dir, vision, llm, num_queries=None, **_) -> plan_lib.Plan:
   if llm:
     plan_lib.fail(f"{fmt} input", ["--llm does not apply: the checkpoint holds the LLM"])
   d = plan_lib.read_json(f"{input_dir}/config.json", f"an original {fmt} checkpoint directory")
@@ -115,7 +115,15 @@ def _plan_full(fmt: str, input_dir, vision, llm, **_) -> plan_lib.Plan:
     if d.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
       problems.append(f"config.json: mm_projector_type={d.get('mm_projector_type')!r}; the "
                       "AcFormer projector is the resampler + mlp2x_gelu")
-    conn = acformer_connector(d, keys, PROJ, problems)
+    stored = d.get("acformer_num_queries")
+    if num_queries is not None and stored is not None and int(stored) != num_queries:
+      problems.append(f"--num_queries={num_queries} but config.json has acformer_num_queries="
+                      f"{stored}")
+    conn = acformer_connector(d, keys, PROJ, problems,
+                              overrides={"num_queries": num_queries} if num_queries else None)
+    if stored is None and num_queries is None:
+      problems.append("config.json has no acformer_num_queries (the official configs omit it "
+                      "at K=144 and the code default is 256): pass --num_queries K")
   else:
     kind = _llava_connector_kind(d, problems)
     conn = config_lib.ConnectorConfig(type=kind)

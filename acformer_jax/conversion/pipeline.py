@@ -220,6 +220,7 @@ def write_checkpoint(output, cfg: config_lib.ModelConfig, params: Any, plan: pla
 
 def convert(fmt: str, input_path, output, vision=None, llm=None, *, mesh=None,
             param_dtype: str = "auto", connector: Optional[dict] = None, select_layer: int = -2,
+            num_queries: Optional[int] = None,
             seed: int = 0, skip_check: bool = False, tolerance: float = 1e-3,
             overwrite: bool = False, tokenizer=None, progress: bool = False) -> dict:
   """The whole conversion (``python -m acformer_jax.convert``); returns a report dict.
@@ -236,7 +237,7 @@ def convert(fmt: str, input_path, output, vision=None, llm=None, *, mesh=None,
   outputs.check_writable(output.absolute().parent, "--output folder")
   t0 = time.time()
   plan = make_plan(fmt, input_path, vision=vision, llm=llm, connector=connector,
-                   select_layer=select_layer)
+                   select_layer=select_layer, num_queries=num_queries)
   if tokenizer is not None:
     plan.tokenizer_dir = pathlib.Path(tokenizer)
     if plan_lib.find_tokenizer(tokenizer) != plan.tokenizer_dir:

@@ -49,16 +49,18 @@ def resize_and_crop(img: Image.Image, size: int) -> Image.Image:
   return img.crop((left, top, left + size, top + size))
 
 
-def normalize(pixels: np.ndarray) -> np.ndarray:
-  """uint8 HWC -> CLIP-normalised float32 HWC."""
+def normalize(pixels: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
+  """uint8 HWC -> normalised float32 HWC (CLIP's mean/std unless the tower has others)."""
   x = pixels.astype(np.float32) * np.float32(1.0 / 255.0)
-  return (x - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
+  return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
-def preprocess_image(data, image_size: int, *, pad_to_square: bool) -> np.ndarray:
-  """Encoded bytes / path / PIL image -> float32 ``[S, S, 3]`` (spec 2.7)."""
+def preprocess_image(data, image_size: int, *, pad_to_square: bool, mean=CLIP_MEAN,
+                     std=CLIP_STD) -> np.ndarray:
+  """Encoded bytes / path / PIL image -> float32 ``[S, S, 3]`` (spec 2.7); ``mean`` /
+  ``std``: the tower's (``models/towers.py``), also the pad colour."""
   img = decode_image(data)
   if pad_to_square:
-    img = expand_to_square(img)
+    img = expand_to_square(img, tuple(int(m * 255) for m in mean))
   img = resize_and_crop(img, image_size)
-  return normalize(np.asarray(img, dtype=np.uint8))
+  return normalize(np.asarray(img, dtype=np.uint8), mean, std)

@@ -20,24 +20,27 @@ import numpy as np
 from acformer_jax import config as config_lib
 from acformer_jax import sharding as sharding_lib
 from acformer_jax.data import preprocess, templates
+from acformer_jax.models.towers import tower
 from acformer_jax.data.tokenizer import make_encoder
 from acformer_jax.models import registry
 from acformer_jax.inference import engine as engine_lib
 from acformer_jax.inference import loading, sampling
 
 
-def prepare_image(img, image_size: int) -> np.ndarray:
-  """PIL image -> CLIP-normalised ``float32 [S, S, 3]`` with LLaVA's pad-to-square.
+def prepare_image(img, image_size: int, mean=preprocess.CLIP_MEAN,
+                  std=preprocess.CLIP_STD) -> np.ndarray:
+  """PIL image -> normalised ``float32 [S, S, 3]`` with LLaVA's pad-to-square (``mean`` /
+  ``std``: the tower's; CLIP's by default).
 
   The image is padded in the mode it was opened in (LLaVA's ScienceQA / MMBench loaders
   do not convert to RGB first; ``eval.md`` 1), then converted and resized.
   """
   if getattr(img, "mode", "RGB") != "RGB":
     try:
-      img = preprocess.expand_to_square(img)
+      img = preprocess.expand_to_square(img, tuple(int(m * 255) for m in mean))
     except (TypeError, ValueError):  # modes without an RGB fill (e.g. "1", "I;16")
       pass
-  return preprocess.preprocess_image(img, image_size, pad_to_square=True)
+  return preprocess.preprocess_image(img, image_size, pad_to_square=True, mean=mean, std=std)
 
 
 def conversation_prompt(history: Sequence[Tuple[str, str]], question: str, *,
@@ -118,10 +121,12 @@ class Generator:
     """
     reqs = []
     size = self.config.vision.image_size
+    t = tower(self.config.vision.tower)
     for i, (img, prompt) in enumerate(items):
       ids = self.encode(prompt, img is not None, i)
       reqs.append(engine_lib.Request(
-          ids.tolist(), None if img is None else prepare_image(img, size)))
+          ids.tolist(), None if img is None else prepare_image(img, size, t.image_mean,
+                                                               t.image_std)))
     self.engine.batch_size = max(self.engine.batch_size, len(reqs))
     results = self.engine.generate(reqs, max_new_tokens=max_new_tokens, sampler=sampler,
                                    rng=rng, stop_token_ids=self.family_stop_ids())

@@ -2,9 +2,10 @@
 
 The spec's official config ``CAbstractor(1024, depth=3, 144 tokens)``: the patch grid
 (CLS dropped) -> RegStage(depth) -> adaptive average pool to sqrt(K) x sqrt(K) ->
-RegStage(depth) -> raster-order tokens. No positional embedding. A RegStage block is
+RegStage(depth) -> raster-order tokens (K of them, no CLS). No positional embedding. A RegStage block is
 timm's RegNet ``Bottleneck`` with bottle ratio 1, group size 1, SE ratio 0.25, SiLU
-and channel-wise LayerNorm (eps 1e-6), identity shortcut (in = out, stride 1)::
+and channel-wise LayerNorm (eps 1e-5: timm 0.6.13 builds the convs as ``ConvNormAct``,
+which turns ``LayerNorm2d`` into ``LayerNormAct2d`` with its default eps), identity shortcut (in = out, stride 1)::
 
   x -> 1x1 conv, LN, SiLU -> 3x3 depthwise conv, LN, SiLU -> SE (mean, fc, SiLU,
     fc, sigmoid gate) -> 1x1 conv, LN -> + x -> SiLU
@@ -24,7 +25,7 @@ import numpy as np
 from acformer_jax.models.layers import DType, dense, layer_norm, partitioned, to_dtype
 from acformer_jax.models.resampler import TORCH_KERNEL_INIT
 
-LN2D_EPS = 1e-6  # timm LayerNorm2d
+LN2D_EPS = 1e-5  # timm 0.6.13 ConvNormAct swaps LayerNorm2d for LayerNormAct2d (eps 1e-5)
 
 
 def adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:

@@ -22,16 +22,21 @@ import ml_collections
 from ml_collections import config_dict
 
 from acformer_jax import config as config_lib
+from acformer_jax.models import connectors
 from acformer_jax.trainer import evaluation
 
 STAGE1_TRAINABLE = ("connector/",)
 STAGE2_TRAINABLE = ("connector/", "llm/")
+# The paper's Tables 3-4 at budgets 64/144/256 (65/145/257 visual tokens; the official
+# C-Abstractor gives K, E-ViT K+2): "<type><K>", plus LLaVA-1.5's mlp2x_gelu.
+PAPER_CONNECTORS = ("acformer", "pooling", "pooling_pr", "random_pr", "pr", "c_abstractor",
+                    "top_p", "evit")
 CONNECTOR_PRESETS = {
-    "acformer64": dict(type="acformer", num_queries=64),
-    "acformer144": dict(type="acformer", num_queries=144),
-    "acformer256": dict(type="acformer", num_queries=256),
+    **{f"{kind}{k}": dict(type=kind, num_queries=k) for kind in PAPER_CONNECTORS
+       for k in (64, 144, 256)},
     "mlp2x_gelu": dict(type="mlp2x_gelu"),
 }
+AUTO_MAX_LENGTH = 0  # data.max_length: the connector's stage-1 rule, resolved at validation
 INIT_SUBTREES = ("vision", "connector", "llm")
 
 
@@ -123,12 +128,20 @@ def stage1(c: ml_collections.ConfigDict) -> None:
 
 def caption_max_length(c: ml_collections.ConfigDict, text_tokens: int = 128) -> int:
   """``data.max_length`` for stage-1 captions: the connector's visual tokens + BOS +
-  ``text_tokens``, rounded up to a multiple of 128. LCS-558K's BLIP captions (a sentence)
-  fit in 128 tokens; longer ones are truncated and counted (``data/truncated``). Padding
-  every row to LLaVA's 2048 would spend most of a stage-1 step on pad tokens, and would hide
-  the speed-up of fewer visual tokens (``acformer.md`` 1.7)."""
-  nv = config_lib.num_visual_tokens(config_lib.model_config_from_dict(c.model))
-  return -(-(nv + 1 + text_tokens) // 128) * 128
+  ``text_tokens``, rounded up to a multiple of 128 (the connector registry's
+  ``stage1_max_length``). LCS-558K's BLIP captions (a sentence) fit in 128 tokens; longer
+  ones are truncated and counted (``data/truncated``). Padding every row to LLaVA's 2048
+  would spend most of a stage-1 step on pad tokens, and would hide the speed-up of fewer
+  visual tokens (``acformer.md`` 1.7)."""
+  mc = config_lib.model_config_from_dict(c.model)
+  return connectors.connector(mc.connector.type).stage1_max_length(mc, text_tokens)
+
+
+def resolve_max_length(c: ml_collections.ConfigDict) -> None:
+  """Replaces ``data.max_length == AUTO_MAX_LENGTH`` by :func:`caption_max_length` of the
+  final config, so a ``--config.model.connector.*`` override gets its own length."""
+  if int(c.data.max_length) == AUTO_MAX_LENGTH:
+    c.data.max_length = caption_max_length(c)
 
 
 def stage2(c: ml_collections.ConfigDict) -> None:
@@ -154,7 +167,8 @@ def vicuna_llava15(size: str, stage: int, connector: str,
   set_model(c, llm=vicuna(size), vision=clip_vit_l336(), connector=connector)
   if stage == 1:
     stage1(c)
-    c.data.max_length = caption_max_length(c)  # 768 (576 tokens), 384 (145), 512 (257)
+    # 768 (576 tokens), 384 (145), 512 (257), from the final connector (validate resolves it)
+    c.data.max_length = AUTO_MAX_LENGTH
   elif stage == 2:
     stage2(c)
   else:

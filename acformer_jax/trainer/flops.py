@@ -45,11 +45,11 @@ import jax.numpy as jnp
 
 from acformer_jax import config as config_lib
 from acformer_jax.models import registry
+from acformer_jax.models import connectors
 from acformer_jax.models.towers import tower
 
 logger = logging.getLogger("acformer_jax.trainer.flops")
 
-RESAMPLER_TYPES = ("acformer", "pooling_pr", "random_pr", "pr")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,28 +70,9 @@ def vit_forward_flops(v: config_lib.VisionConfig) -> float:
 
 
 def connector_train_flops(mc: config_lib.ModelConfig) -> float:
-  """Forward + backward FLOPs of the (trained) connector for one image."""
-  c, v = mc.connector, mc.vision
-  dv, dl = v.hidden_size, mc.llm.hidden_size
-  nv = config_lib.num_visual_tokens(mc)
-  m = v.num_patches + 1
-  total = 0.0
-  first_reads_frozen = True
-  if c.type in RESAMPLER_TYPES:
-    q, hd, f = nv, c.heads * c.dim_head, c.ff_mult * dv
-    block = (2.0 * q * dv * hd + 4.0 * m * dv * hd + 4.0 * q * m * hd + 2.0 * q * hd * dv
-             + 4.0 * q * dv * f)
-    total += 3.0 * c.depth * block
-    first_reads_frozen = False
-  elif c.type == "c_abstractor":
-    side = int(round((nv - 1) ** 0.5))
-    per_px = 2.0 * (2 * dv * dv + 9 * dv)  # 1x1 conv, depthwise 3x3, 1x1 conv
-    total += 3.0 * c.abstractor_depth * per_px * (v.num_patches + side * side)
-    first_reads_frozen = False
-  lin1 = 2.0 * nv * dv * dl
-  lin2 = 0.0 if c.type == "linear" else 2.0 * nv * dl * dl
-  total += (2.0 if first_reads_frozen else 3.0) * lin1 + 3.0 * lin2
-  return total
+  """Forward + backward FLOPs of the (trained) connector for one image (the connector
+  registry's ``train_flops``, ``models/connectors.py``)."""
+  return connectors.connector(mc.connector.type).train_flops(mc)
 
 
 def llm_coefficients(l: config_lib.LLMConfig) -> tuple:

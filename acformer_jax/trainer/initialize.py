@@ -69,7 +69,11 @@ def load_subtree(name: str, src: Mapping[str, str], abstract, mc: config_lib.Mod
     from acformer_jax.conversion.towers import load_hf_clip_vision  # pylint: disable=import-outside-toplevel
     cfg, loaded = load_hf_clip_vision(path, select_layer=mc.vision.select_layer,
                                       param_dtype=mc.param_dtype, shardings=shardings)
-    _check_fields(kind, path, cfg, mc.vision, _VIT_FIELDS)
+    # A tower that stores its position grid (DINOv2) runs at any multiple of the patch.
+    fields = _VIT_FIELDS + ("tower", "num_register_tokens", "use_head")
+    if cfg.position_grid:
+      fields = tuple(f for f in fields if f != "image_size") + ("position_grid",)
+    _check_fields(kind, path, cfg, mc.vision, fields)
   else:  # parse_source rejects anything else
     raise AssertionError(kind)
   _check_shapes(name, f"{kind}:{path}", loaded, abstract)

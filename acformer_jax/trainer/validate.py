@@ -13,8 +13,7 @@ from typing import List, Optional, Sequence
 
 from acformer_jax import config as config_lib
 from acformer_jax import sharding as sharding_lib
-from acformer_jax.models import towers
-from acformer_jax.models import registry
+from acformer_jax.models import connectors, registry, towers
 from acformer_jax.models.layers import REMAT_POLICIES
 from acformer_jax.trainer import experiment
 
@@ -46,19 +45,13 @@ def _check_model(mc: config_lib.ModelConfig, errors: List[str], pretrained: bool
   if l.family not in registry.FAMILIES:
     errors.append(f"model.llm.family={l.family!r} is not registered; known: "
                   f"{registry.FAMILIES.names()}")
-  if c.type not in config_lib.CONNECTOR_TYPES:
-    errors.append(f"model.connector.type={c.type!r} is not one of {config_lib.CONNECTOR_TYPES}")
+  problems = connectors.validate(mc)
+  errors.extend(problems)
+  if c.type not in connectors.connector_names():
     return
-  if c.type in ("acformer", "top_p"):
-    if c.num_queries < v.num_heads:
-      errors.append(f"model.connector.num_queries={c.num_queries} is below the ViT head count "
-                    f"model.vision.num_heads={v.num_heads}: every head must contribute >= 1 anchor")
-    elif v.num_heads * (c.num_queries // v.num_heads) > v.num_patches:
-      errors.append(f"model.connector.num_queries={c.num_queries} exceeds the "
-                    f"{v.num_patches} patches of the ViT")
-    elif c.num_queries % v.num_heads:
-      logger.warning("model.connector.num_queries=%d is not a multiple of %d heads: %d anchors are "
-                     "used", c.num_queries, v.num_heads, v.num_heads * (c.num_queries // v.num_heads))
+  if not problems and connectors.connector(c.type).uses_anchor_attn and c.num_queries % v.num_heads:
+    logger.warning("model.connector.num_queries=%d is not a multiple of %d heads: %d anchors are "
+                   "used", c.num_queries, v.num_heads, v.num_heads * (c.num_queries // v.num_heads))
   if mc.remat_policy not in REMAT_POLICIES:
     errors.append(f"model.remat_policy={mc.remat_policy!r} is not one of {REMAT_POLICIES}")
   if l.hidden_size % l.num_heads or l.num_heads % l.num_kv_heads:
@@ -109,6 +102,8 @@ def validate(config, *, num_devices: int, process_count: int = 1) -> config_lib.
   except (TypeError, ValueError) as e:
     raise ConfigError(f"config.model: {e}") from e
   _check_model(mc, errors, pretrained=bool(config.init.get("from_pretrained")))
+  if mc.connector.type in connectors.connector_names():
+    experiment.resolve_max_length(config)
 
   t = config.train
   mesh = resolve_mesh_shape(config.mesh.shape, config.mesh.dcn_shape, num_devices, errors)
@@ -138,7 +133,7 @@ def validate(config, *, num_devices: int, process_count: int = 1) -> config_lib.
   if int(config.checkpoint.every) < 1 or int(config.checkpoint.keep) < 1:
     errors.append(f"checkpoint.every={config.checkpoint.every} and checkpoint.keep="
                   f"{config.checkpoint.keep} must be >= 1")
-  nv = config_lib.num_visual_tokens(mc) if mc.connector.type in config_lib.CONNECTOR_TYPES else 0
+  nv = config_lib.num_visual_tokens(mc) if mc.connector.type in connectors.connector_names() else 0
   if int(config.data.max_length) <= nv:
     errors.append(f"data.max_length={config.data.max_length} leaves no room for text after the "
                   f"{nv} visual tokens of connector {mc.connector.type!r}")

@@ -15,7 +15,7 @@ import torch
 from scipy.special import erf
 
 from acformer_jax import config as C
-from acformer_jax.models import Connector
+from acformer_jax.models import Connector, connectors
 
 import tiny_hf
 import torch_reference as ref
@@ -118,7 +118,7 @@ def test_c_abstractor_matches_torch_reference():
   _, got = _run(cfg, params, feats, attn)
   with torch.no_grad():
     want = ref_mod(torch.from_numpy(feats)).numpy()
-  assert got.shape == want.shape == (B, 10, LLM.hidden_size)
+  assert got.shape == want.shape == (B, 9, LLM.hidden_size)
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
@@ -183,7 +183,7 @@ def test_evit_matches_numpy():
                              atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", C.CONNECTOR_TYPES)
+@pytest.mark.parametrize("kind", C.connector_types())
 def test_shape_gradient_flow_and_determinism(kind):
   cfg = _config(kind)
   params = _params(cfg, seed=6)
@@ -206,12 +206,13 @@ def test_shape_gradient_flow_and_determinism(kind):
 def test_paper_token_budgets():
   full = C.ModelConfig()   # ViT-L/14-336: 576 patches, 16 heads
   counts = {}
-  for kind in C.CONNECTOR_TYPES:
+  for kind in C.connector_types():
     for k in (64, 144, 256):
       counts[kind, k] = C.num_visual_tokens(dataclasses.replace(
           full, connector=C.ConnectorConfig(type=kind, num_queries=k)))
-  for kind in ("pooling", "pooling_pr", "random_pr", "pr", "c_abstractor", "top_p", "acformer"):
+  for kind in ("pooling", "pooling_pr", "random_pr", "pr", "top_p", "acformer"):
     assert [counts[kind, k] for k in (64, 144, 256)] == [65, 145, 257], kind
+  assert [counts["c_abstractor", k] for k in (64, 144, 256)] == [64, 144, 256]  # no CLS
   assert counts["evit", 144] == 146
   assert counts["mlp2x_gelu", 144] == counts["linear", 144] == 576
 
@@ -221,9 +222,22 @@ def test_bad_inputs_raise_clear_errors():
   key = jax.random.key(0)
   with pytest.raises(ValueError, match="perfect square"):
     jax.eval_shape(lambda: Connector(_config("pooling", num_queries=10)).init(key, feats, attn))
-  with pytest.raises(ValueError, match="needs rng"):
-    jax.eval_shape(lambda: Connector(_config("random_pr")).init(key, feats, attn))
   with pytest.raises(ValueError, match="cls_attn"):
     jax.eval_shape(lambda: Connector(_config("acformer")).init(key, feats, attn[:, :2]))
   with pytest.raises(ValueError, match="not one of"):
     C.num_visual_tokens(_config("qformer"))
+  assert connectors.validate(_config("pooling", num_queries=10))
+
+
+def test_random_pr_without_rng_is_one_fixed_draw():
+  """Inference (no rng): the same patches for every image, whatever the batch."""
+  cfg = _config("random_pr")
+  params = _params(cfg, seed=8)
+  feats, attn = _inputs(8)
+  apply = jax.jit(lambda p, f, a: Connector(cfg).apply({"params": p}, f, a))
+  both = np.asarray(apply(params, feats, attn))
+  one = np.asarray(apply(params, feats[1:], attn[1:]))
+  np.testing.assert_allclose(both[1:], one, atol=1e-6, rtol=0)
+  np.testing.assert_array_equal(both, np.asarray(apply(params, feats, attn)))
+  idx = np.asarray(connectors.random_token_indices(None, 3, 64, 16))
+  assert (idx == idx[:1]).all() and idx[0, 0] == 0 and len(set(idx[0])) == 17

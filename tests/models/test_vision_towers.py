@@ -158,3 +158,28 @@ def test_hf_config_round_trip(name):
   if name == "clip":
     vc = C.VisionConfig(**{**vc.__dict__, "hidden_act": ""})
   assert back == vc
+
+
+def test_dinov2_initialises_a_model_at_another_image_size(tmp_path):
+  """init.vision=hf_clip:<Dinov2Model dir> with vision.image_size below the checkpoint's."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from acformer_jax.trainer import initialize  # pylint: disable=import-outside-toplevel
+  model = tiny_dinov2(seed=9)
+  d = tiny_hf.save(model, tmp_path)
+  cfg, _ = load_hf_vision(d, select_layer=-2)
+  vc = dataclasses.replace(cfg, image_size=28)  # 2x2 patches from the stored 4x4 grid
+  mc = C.ModelConfig(vision=vc)
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.eval_shape(tower("dinov2").module(vc).init, jax.random.key(0),
+                            np.zeros((1, 28, 28, 3), np.float32))["params"]
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          nn.unbox(abstract))
+  loaded = initialize.load_subtree("vision", {"kind": "hf_clip", "path": str(d)}, abstract, mc)
+  x = _pixels(28, seed=2)
+  out = _hf(model, x)
+  feats, _ = jax.jit(tower("dinov2").module(vc).apply)({"params": loaded}, x)
+  np.testing.assert_allclose(np.asarray(feats), out.hidden_states[-2].numpy(), atol=TOL, rtol=0)
+  with pytest.raises(ValueError, match="position_grid"):
+    initialize.load_subtree("vision", {"kind": "hf_clip", "path": str(d)}, abstract,
+                            C.ModelConfig(vision=dataclasses.replace(vc, position_grid=2)))

@@ -174,10 +174,10 @@ def flax_params_from_official(state_dict, depth: int, prefix: str = ""):
 
 # --- C-Abstractor baseline (spec 1.8: timm RegStage blocks as Honeybee configures them) ---
 class LayerNorm2d(nn.LayerNorm):
-  """Channel-wise LayerNorm on NCHW (timm ``LayerNorm2d``, eps 1e-6)."""
+  """Channel-wise LayerNorm on NCHW (timm 0.6.13 ``LayerNormAct2d`` in ConvNormAct, eps 1e-5)."""
 
   def __init__(self, channels):
-    super().__init__(channels, eps=1e-6)
+    super().__init__(channels, eps=1e-5)
 
   def forward(self, x):
     x = x.permute(0, 2, 3, 1)
@@ -207,7 +207,7 @@ class RegBlock(nn.Module):
 
 
 class CAbstractorConnector(nn.Module):
-  """CLS + (RegStage -> AdaptiveAvgPool2d -> RegStage) tokens -> mlp2x_gelu."""
+  """(RegStage -> AdaptiveAvgPool2d -> RegStage) tokens (no CLS) -> mlp2x_gelu."""
 
   def __init__(self, c, d_llm, depth, out_grid):
     super().__init__()
@@ -221,7 +221,7 @@ class CAbstractorConnector(nn.Module):
     g = int(round((n - 1) ** 0.5))
     x = features[:, 1:].transpose(1, 2).reshape(b, c, g, g)
     x = self.s2(self.pool(self.s1(x))).flatten(2).transpose(1, 2)
-    return self.mlp(torch.cat([features[:, :1], x], dim=1))
+    return self.mlp(x)
 
 
 def flax_params_from_c_abstractor(module: CAbstractorConnector):
