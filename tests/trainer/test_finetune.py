@@ -254,3 +254,13 @@ def test_generate_reads_an_hf_llava_directory(hf_dir, tmp_path, capsys):
   assert generate.main(["--checkpoint", str(hf_dir), "--image", str(tmp_path / "a.png"),
                         "--prompt", QUESTIONS[0], "--max_new_tokens", "3"]) == 0
   assert capsys.readouterr().out.endswith("\n")
+
+
+def test_params_from_a_run_brings_its_tokenizer(run):
+  workdir, _ = run
+  c = experiment.base_config()
+  c.init.params_from = f"orbax:{workdir}"
+  r = pretrained.resolve(c)
+  assert r.data.tokenizer_path == str(workdir / "export" / "tokenizer")
+  c.data.tokenizer_path = "/explicit"
+  assert pretrained.resolve(c).data.tokenizer_path == "/explicit"
