@@ -179,10 +179,20 @@ def export(checkpoint, fmt: str, output, *, mesh=None, layout: Optional[str] = N
            progress: bool = False) -> pathlib.Path:
   """Writes ``checkpoint`` (a converted / exported Orbax directory) as ``fmt``."""
   from acformer_jax import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
-  if fmt not in FORMATS:
-    raise ValueError(f"unknown export format {fmt!r}; expected one of {FORMATS}")
   checkpoint, output = pathlib.Path(checkpoint), pathlib.Path(output).absolute()
+  if inf_loading.is_hf_llava(checkpoint) and not (checkpoint / inf_loading.CONFIG_FILE).is_file():
+    raise ValueError(f"{checkpoint} is a transformers Llava directory already; to write it in "
+                     "another format, convert it first (python -m acformer_jax.convert "
+                     "--format hf-llava) and export the converted checkpoint")
   mc = inf_loading.read_model_config(checkpoint)
+  if fmt not in FORMATS:
+    import difflib  # pylint: disable=import-outside-toplevel
+    close = difflib.get_close_matches(str(fmt), FORMATS, n=1)
+    fits = ("hf-llava or llava" if mc.connector.type == "mlp2x_gelu" else "llava"
+            if mc.connector.type == "linear" else "acformer")
+    raise ValueError(f"unknown export format {fmt!r}; expected one of {FORMATS}"
+                     + (f"; did you mean {close[0]!r}?" if close else "")
+                     + f" (this checkpoint's connector {mc.connector.type!r} exports as {fits})")
   info_path = checkpoint / CONVERSION_FILE
   info = json.loads(info_path.read_text()) if info_path.is_file() else {}
   if output.exists() and not overwrite:
