@@ -120,6 +120,3 @@ def test_wrong_export_format_suggests_the_right_one(tmp_path):
       config_lib.model_config_to_dict(tiny_model.CKPT_CONFIG)))
   with pytest.raises(ValueError, match=r"did you mean 'hf-llava'\?.*exports as"):
     exporting.export(d, "hf_llava", tmp_path / "out")
-  hf = _dir(tmp_path, "hf", {"model_type": "llava"})
-  with pytest.raises(ValueError, match="transformers Llava directory already"):
-    exporting.export(hf, "llava", tmp_path / "out")

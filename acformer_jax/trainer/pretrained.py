@@ -78,8 +78,11 @@ def _acformer_defaults(d: pathlib.Path, mc: config_lib.ModelConfig) -> Dict[str,
 
 
 def checkpoint_defaults(directory, mc: config_lib.ModelConfig) -> Dict[str, Any]:
-  """The template defaults (:data:`DATA_DEFAULTS`) of an acformer_jax checkpoint."""
-  return _acformer_defaults(pathlib.Path(directory), mc)
+  """The template defaults (:data:`DATA_DEFAULTS`) of a checkpoint or HF Llava directory."""
+  d = pathlib.Path(directory)
+  if not (d / "model_config.json").is_file() and (d / "config.json").is_file():
+    return _hf_defaults(d, mc)
+  return _acformer_defaults(d, mc)
 
 
 def _hf_defaults(d: pathlib.Path, mc: config_lib.ModelConfig) -> Dict[str, Any]:

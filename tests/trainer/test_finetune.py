@@ -264,3 +264,13 @@ def test_params_from_a_run_brings_its_tokenizer(run):
   assert r.data.tokenizer_path == str(workdir / "export" / "tokenizer")
   c.data.tokenizer_path = "/explicit"
   assert pretrained.resolve(c).data.tokenizer_path == "/explicit"
+
+
+def test_export_reads_an_hf_llava_directory(hf_dir, tmp_path):
+  """`export --checkpoint <HF dir>`: converted on the fly, written back bit for bit."""
+  out = exporting.export(hf_dir, "hf-llava", tmp_path / "again")
+  got, want = T.files_state(out), T.files_state(hf_dir)
+  assert sorted(got) == sorted(want)
+  assert all(torch.equal(got[k], want[k]) for k in want)
+  assert transformers.AutoProcessor.from_pretrained(str(out)).tokenizer.convert_tokens_to_ids(
+      "<pad>") == PAD_ID
