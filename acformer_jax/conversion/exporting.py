@@ -94,6 +94,18 @@ class _LeafReader:
     return _to_host(x if row is None else x[row])
 
 
+class _MemoryReader:
+  """:class:`_LeafReader`'s interface over parameters already in memory."""
+
+  def __init__(self, params):
+    self._flat = flatten_paths(params)
+    self.targets = {p: jax.ShapeDtypeStruct(x.shape, x.dtype) for p, x in self._flat.items()}
+
+  def row(self, path: str, row: Optional[int]) -> np.ndarray:
+    x = self._flat[path]
+    return _to_host(x if row is None else x[row])
+
+
 def _tree_of(meta):
   tree = getattr(meta, "item_metadata", meta)
   tree = getattr(tree, "tree", tree)
@@ -179,20 +191,38 @@ def _write_processor(checkpoint: pathlib.Path, mc: config_lib.ModelConfig,
 def export(checkpoint, fmt: str, output, *, mesh=None, layout: Optional[str] = None,
            dtype: Optional[str] = None, max_shard_size="5GB", overwrite: bool = False,
            progress: bool = False) -> pathlib.Path:
-  """Writes ``checkpoint`` (a converted / exported Orbax directory) as ``fmt``."""
+  """Writes ``checkpoint`` (a converted / exported Orbax directory, or a transformers Llava
+  directory, converted on the fly) as ``fmt``."""
   from acformer_jax import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
-  if fmt not in FORMATS:
-    raise ValueError(f"unknown export format {fmt!r}; expected one of {FORMATS}")
   checkpoint, output = pathlib.Path(checkpoint), pathlib.Path(output).absolute()
-  mc = inf_loading.read_model_config(checkpoint)
+  hf_dir = inf_loading.is_hf_llava(checkpoint) and not (checkpoint / inf_loading.CONFIG_FILE).is_file()
+  if hf_dir:  # a transformers Llava directory: converted on the fly (formats.make_plan)
+    from acformer_jax.conversion import formats  # pylint: disable=import-outside-toplevel
+    plan = formats.make_plan("hf-llava", checkpoint)
+    mc = plan.config
+  else:
+    mc = inf_loading.read_model_config(checkpoint)
+  if fmt not in FORMATS:
+    import difflib  # pylint: disable=import-outside-toplevel
+    close = difflib.get_close_matches(str(fmt), FORMATS, n=1)
+    fits = ("hf-llava or llava" if mc.connector.type == "mlp2x_gelu" else "llava"
+            if mc.connector.type == "linear" else "acformer")
+    raise ValueError(f"unknown export format {fmt!r}; expected one of {FORMATS}"
+                     + (f"; did you mean {close[0]!r}?" if close else "")
+                     + f" (this checkpoint's connector {mc.connector.type!r} exports as {fits})")
   info_path = checkpoint / CONVERSION_FILE
   info = json.loads(info_path.read_text()) if info_path.is_file() else {}
   if output.exists() and not overwrite:
     raise FileExistsError(f"{output} exists (pass --overwrite to replace it)")
   outputs.check_writable(output.parent, "--output folder")
   mesh = mesh if mesh is not None else sharding_lib.make_mesh((1, -1, 1))
-  tree = target_tree(mc, mesh)
-  reader = _LeafReader(checkpoint / inf_loading.PARAMS_DIR, tree)
+  if hf_dir:
+    from acformer_jax.conversion import pipeline  # pylint: disable=import-outside-toplevel
+    mc, params = pipeline.build_params(plan, mesh)
+    info = dict(plan.info, format="hf-llava")
+    reader = _MemoryReader(params)
+  else:
+    reader = _LeafReader(checkpoint / inf_loading.PARAMS_DIR, target_tree(mc, mesh))
   same = info.get("format") == fmt or (fmt == "llava" and info.get("format") == "llava-stage1")
   main_dtype = np.dtype(dtype or (same and info.get("source_dtype")) or mc.param_dtype)
   vision_dtype = np.dtype(dtype or info.get("vision_dtype") or main_dtype)

@@ -2,7 +2,7 @@
 
 Written with transformers' own classes (``LlavaProcessor`` = ``LlavaImageProcessor`` +
 the tokenizer + a chat template), so the files match the installed version:
-``processor_config.json``, ``preprocessor_config.json``, ``chat_template.jinja`` and the
+``processor_config.json`` (+ ``preprocessor_config.json``), ``chat_template.jinja`` and the
 tokenizer files, with ``<image>`` at the model's ``image_token_index``.
 
 Image preprocessing: LLaVA-1.5 pads every image to a square filled with the CLIP mean
@@ -86,3 +86,7 @@ def write_processor(out: pathlib.Path, mc: config_lib.ModelConfig, tokenizer_dir
                         chat_template=CHAT_TEMPLATES[template], image_token=IMAGE_TOKEN,
                         num_additional_image_tokens=1)
   proc.save_pretrained(str(out))
+  # transformers 5 nests the image processor in processor_config.json; older versions (and
+  # other tools) read preprocessor_config.json.
+  if not (pathlib.Path(out) / "preprocessor_config.json").is_file():
+    images.save_pretrained(str(out))

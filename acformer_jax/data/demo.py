@@ -17,7 +17,6 @@ per category). Nothing here downloads anything (spec ``offline_assets.md`` 4).
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import pathlib
@@ -297,28 +296,34 @@ def export_eval(out_dir, *, image_size: int = 64, num_test: int = 500, seed: int
   return out
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  p = argparse.ArgumentParser(description="Export or score the demo evaluation set.")
-  sub = p.add_subparsers(dest="cmd", required=True)
-  e = sub.add_parser("export", help="write questions.jsonl, ground_truth.jsonl and images/")
-  e.add_argument("--out", required=True)
-  e.add_argument("--image_size", type=int, default=64)
-  e.add_argument("--num_test", type=int, default=500)
-  e.add_argument("--seed", type=int, default=0)
-  e.add_argument("--photo_backgrounds", action="store_true")
-  s = sub.add_parser("score", help="score a LLaVA-style answers jsonl")
-  s.add_argument("--answers", required=True)
-  s.add_argument("--ground_truth", required=True)
-  args = p.parse_args(argv)
-  if args.cmd == "export":
-    out = export_eval(args.out, image_size=args.image_size, num_test=args.num_test, seed=args.seed,
-                      photo_backgrounds=args.photo_backgrounds)
+def main(argv: Sequence[str]) -> int:
+  """``export`` or ``score`` (absl; flags defined only when run as a program)."""
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  f = flags.FLAGS
+  if len(argv) != 2 or argv[1] not in ("export", "score"):
+    raise app.UsageError("usage: python -m acformer_jax.data.demo {export|score} ...")
+  need = ("out",) if argv[1] == "export" else ("answers", "ground_truth")
+  missing = [f"--{n}" for n in need if not f[n].value]
+  if missing:
+    raise app.UsageError(f"{argv[1]}: missing required flag(s) {', '.join(missing)}")
+  if argv[1] == "export":
+    out = export_eval(f.out, image_size=f.image_size, num_test=f.num_test, seed=f.seed,
+                      photo_backgrounds=f.photo_backgrounds)
     print(f"wrote {out}")
   else:
-    read = lambda f: [json.loads(line) for line in open(f) if line.strip()]  # noqa: E731
-    print(json.dumps(score_demo(read(args.answers), read(args.ground_truth)), indent=2))
+    read = lambda p: [json.loads(line) for line in open(p) if line.strip()]  # noqa: E731
+    print(json.dumps(score_demo(read(f.answers), read(f.ground_truth)), indent=2))
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from acformer_jax import cli
+  cli.define("string", "out", None, "export: output folder (questions.jsonl, "
+             "ground_truth.jsonl, images/).")
+  cli.define("integer", "image_size", 64, "export: image size.")
+  cli.define("integer", "num_test", 500, "export: number of questions.")
+  cli.define("integer", "seed", 0, "export: seed.")
+  cli.define("bool", "photo_backgrounds", False, "export: photo backgrounds.")
+  cli.define("string", "answers", None, "score: LLaVA-style answers .jsonl.")
+  cli.define("string", "ground_truth", None, "score: ground_truth.jsonl.")
+  cli.run(lambda argv: sys.exit(main(argv)))

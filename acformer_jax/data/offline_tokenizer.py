@@ -16,7 +16,6 @@ Usage: ``python -m acformer_jax.data.offline_tokenizer --out DIR [--source auto|
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
@@ -120,8 +119,11 @@ def _build_from_npm(work: pathlib.Path) -> bytes:
   npm = shutil.which("npm")
   if npm is None:
     raise RuntimeError("npm is not on PATH")
-  subprocess.run([npm, "pack", NPM_PACKAGE, "--pack-destination", str(work)],
-                 check=True, cwd=work, stdout=subprocess.DEVNULL)
+  res = subprocess.run([npm, "pack", NPM_PACKAGE, "--pack-destination", str(work),
+                        "--loglevel=error", "--no-fund", "--no-audit"],
+                       cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  if res.returncode:  # npm's notices are kept quiet; its errors are not
+    raise RuntimeError(f"npm pack {NPM_PACKAGE} failed: {res.stderr.strip()[-2000:]}")
   tgz = next(work.glob("llama-tokenizer-js-*.tgz"))
   with tarfile.open(tgz) as tar:
     js = tar.extractfile("package/llama-tokenizer.js").read().decode("utf-8")
@@ -130,8 +132,8 @@ def _build_from_npm(work: pathlib.Path) -> bytes:
 
 
 def _build_from_pypi(work: pathlib.Path) -> bytes:
-  subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                  PYPI_SDIST, "-d", str(work)], check=True, stdout=subprocess.DEVNULL)
+  subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
+                  ":all:", PYPI_SDIST, "-d", str(work)], check=True, stdout=subprocess.DEVNULL)
   sdist = next(work.glob("llama_cpp_python-*.tar.gz"))
   with tarfile.open(sdist) as tar:
     wanted = [m for m in tar.getmembers()
@@ -181,14 +183,22 @@ def build(out: pathlib.Path, source: str = "auto") -> pathlib.Path:
   return out
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--out", type=pathlib.Path, default=DEFAULT_DIR, help="output directory")
-  p.add_argument("--source", choices=("auto", "npm", "pypi"), default="auto")
-  args = p.parse_args(argv)
-  build(args.out, args.source)
+SOURCES = ("auto", "npm", "pypi")
+
+
+def main(argv) -> int:
+  """absl entry point (flags defined only when run as a program: importers get none)."""
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {list(argv[1:])}")
+  if flags.FLAGS.source not in SOURCES:
+    raise app.UsageError(f"--source {flags.FLAGS.source!r}: expected one of {SOURCES}")
+  build(pathlib.Path(flags.FLAGS.out), flags.FLAGS.source)
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from acformer_jax import cli
+  cli.define("string", "out", str(DEFAULT_DIR), "Output directory.")
+  cli.define("string", "source", "auto", f"Where the pieces come from: {', '.join(SOURCES)}.")
+  cli.run(lambda argv: sys.exit(main(argv)))

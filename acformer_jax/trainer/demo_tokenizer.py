@@ -12,7 +12,6 @@ LLaMA tokenizer (same files, same loader). Deterministic: same corpus, one train
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import pathlib
@@ -57,14 +56,17 @@ def build(out: Optional[pathlib.Path] = None, *, vocab_size: int = VOCAB_SIZE,
   return out
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  p = argparse.ArgumentParser(description="Build the tiny demo tokenizer (offline).")
-  p.add_argument("--out", default=str(DEFAULT_DIR))
-  p.add_argument("--force", action="store_true", help="rebuild even if present")
-  args = p.parse_args(argv)
-  print(f"demo tokenizer: {build(pathlib.Path(args.out), force=args.force)}")
+def main(argv: Sequence[str]) -> int:
+  """absl entry point (flags defined only when run as a program: importers get none)."""
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {list(argv[1:])}")
+  print(f"demo tokenizer: {build(pathlib.Path(flags.FLAGS.out), force=flags.FLAGS.force)}")
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from acformer_jax import cli
+  cli.define("string", "out", str(DEFAULT_DIR), "Output directory.")
+  cli.define("bool", "force", False, "Rebuild even if present.")
+  cli.run(lambda argv: sys.exit(main(argv)))

@@ -78,8 +78,11 @@ def _acformer_defaults(d: pathlib.Path, mc: config_lib.ModelConfig) -> Dict[str,
 
 
 def checkpoint_defaults(directory, mc: config_lib.ModelConfig) -> Dict[str, Any]:
-  """The template defaults (:data:`DATA_DEFAULTS`) of an acformer_jax checkpoint."""
-  return _acformer_defaults(pathlib.Path(directory), mc)
+  """The template defaults (:data:`DATA_DEFAULTS`) of a checkpoint or HF Llava directory."""
+  d = pathlib.Path(directory)
+  if not (d / "model_config.json").is_file() and (d / "config.json").is_file():
+    return _hf_defaults(d, mc)
+  return _acformer_defaults(d, mc)
 
 
 def _hf_defaults(d: pathlib.Path, mc: config_lib.ModelConfig) -> Dict[str, Any]:
@@ -157,7 +160,8 @@ def _get(cfg, dotted: str):
 
 def resolve(config):
   """A copy of ``config`` with the model, tokenizer and template defaults of
-  ``init.from_pretrained`` filled in (``config`` itself when the field is empty).
+  ``init.from_pretrained`` filled in. Without it, only an unset ``data.tokenizer_path``
+  may be filled from ``init.params_from`` (see :func:`_with_init_tokenizer`).
 
   Raises:
     ConfigError: the directory is not a checkpoint, ``init.params_from`` is also set, or
@@ -165,7 +169,7 @@ def resolve(config):
   """
   src = config.init.get("from_pretrained") if "init" in config else None
   if not src:
-    return config
+    return _with_init_tokenizer(config)
   if config.init.get("params_from"):
     raise ConfigError(f"init.from_pretrained={src} and init.params_from="
                       f"{config.init.params_from} both name every subtree's source; set one")
@@ -192,6 +196,25 @@ def resolve(config):
   for k in DATA_DEFAULTS:
     if out.data.get(k) is None:
       _set(out.data, k, pre.data_defaults[k])
+  return out
+
+
+def _with_init_tokenizer(config):
+  """Without ``from_pretrained``: an unset ``data.tokenizer_path`` becomes the tokenizer of
+  ``init.params_from=orbax:<run or export>`` when it has one (a stage-2 run trains with the
+  tokenizer of its stage-1 run)."""
+  from acformer_jax.inference import loading  # pylint: disable=import-outside-toplevel
+  spec = config.init.get("params_from") if "init" in config else None
+  if not spec or not str(spec).startswith("orbax:") or "data" not in config or \
+      config.data.get("tokenizer_path") is not None:
+    return config
+  root = pathlib.Path(str(spec)[len("orbax:"):].split("#")[0])
+  ours = _acformer_dir(root) if root.is_dir() else None
+  tok = loading.find_tokenizer_dir(ours) if ours is not None else None
+  if tok is None:
+    return config
+  out = copy.deepcopy(config)
+  _set(out.data, "tokenizer_path", str(tok))
   return out
 
 

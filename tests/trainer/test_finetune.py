@@ -126,10 +126,7 @@ def test_finetune_command_trains_the_checkpoint(run, hf_dir):
       (hf_dir / "tokenizer.json").read_bytes()
   # Quiet by default: no Orbax/absl INFO lines, no TPU-backend warning on CPU.
   assert "Unable to initialize backend" not in res.stderr
-  ours = {p.name for p in (ROOT / "acformer_jax").rglob("*.py")}
-  foreign_info = [l for l in res.stderr.splitlines()
-                  if re.match(r"I\d{4} ", l) and re.search(r" (\S+\.py):\d+\]", l).group(1) not in ours]
-  assert not foreign_info, foreign_info
+  assert not _foreign_info_lines(res.stderr), res.stderr
   assert "Generating splits" not in res.stderr  # no tfds progress bars between log lines
 
 
@@ -218,3 +215,62 @@ def test_from_pretrained_accepts_a_run_directory(run):
   assert pre.kind == "acformer" and pre.directory == workdir / "export"
   assert pre.tokenizer_dir == workdir / "export" / "tokenizer"
   assert pre.data_defaults == {"template": "vicuna_v1", "pad_to_square": True, "max_length": 128}
+
+
+def _foreign_info_lines(stderr: str):
+  """absl-format INFO lines from files outside acformer_jax (Orbax, tfds, JAX...)."""
+  ours = {p.name for p in (ROOT / "acformer_jax").rglob("*.py")}
+  out = []
+  for line in stderr.splitlines():
+    m = re.match(r"I\d{4} .*? (\S+\.py):\d+\]", line)
+    if m and m.group(1) not in ours:
+      out.append(line)
+  return out
+
+
+def test_default_evaluate_run_is_quiet(run, tmp_path):
+  """`evaluate run` on the export restores it with Orbax and prints no Orbax INFO lines."""
+  workdir, _ = run
+  (tmp_path / "img").mkdir()
+  Image.new("RGB", (30, 20), (200, 10, 10)).save(tmp_path / "img" / "a.png")
+  qs = [{"question_id": 1, "image": "a.png", "text": QUESTIONS[0], "category": "color"}]
+  (tmp_path / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qs))
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  env.pop("JAX_PLATFORMS", None)  # a CPU host probing for a TPU says nothing either
+  res = subprocess.run(
+      [sys.executable, "-m", "acformer_jax.evaluate", "run", "--checkpoint",
+       str(workdir / "export"), "--benchmark", "demo", "--questions", str(tmp_path / "q.jsonl"),
+       "--images", str(tmp_path / "img"), "--output", str(tmp_path / "a.jsonl")],
+      env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert (tmp_path / "a.jsonl").is_file()
+  assert not _foreign_info_lines(res.stderr), res.stderr
+  assert "Unable to initialize backend" not in res.stderr
+
+
+def test_generate_reads_an_hf_llava_directory(hf_dir, tmp_path, capsys):
+  from acformer_jax import generate
+  Image.new("RGB", (30, 20), (200, 10, 10)).save(tmp_path / "a.png")
+  assert generate.main(["--checkpoint", str(hf_dir), "--image", str(tmp_path / "a.png"),
+                        "--prompt", QUESTIONS[0], "--max_new_tokens", "3"]) == 0
+  assert capsys.readouterr().out.endswith("\n")
+
+
+def test_params_from_a_run_brings_its_tokenizer(run):
+  workdir, _ = run
+  c = experiment.base_config()
+  c.init.params_from = f"orbax:{workdir}"
+  r = pretrained.resolve(c)
+  assert r.data.tokenizer_path == str(workdir / "export" / "tokenizer")
+  c.data.tokenizer_path = "/explicit"
+  assert pretrained.resolve(c).data.tokenizer_path == "/explicit"
+
+
+def test_export_reads_an_hf_llava_directory(hf_dir, tmp_path):
+  """`export --checkpoint <HF dir>`: converted on the fly, written back bit for bit."""
+  out = exporting.export(hf_dir, "hf-llava", tmp_path / "again")
+  got, want = T.files_state(out), T.files_state(hf_dir)
+  assert sorted(got) == sorted(want)
+  assert all(torch.equal(got[k], want[k]) for k in want)
+  assert transformers.AutoProcessor.from_pretrained(str(out)).tokenizer.convert_tokens_to_ids(
+      "<pad>") == PAD_ID
