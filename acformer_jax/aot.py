@@ -167,7 +167,7 @@ def compile_for_topology(config, topology: str, *, num_slices: Optional[int] = N
   call = step_lib.jit_train_step(
       step_lib.make_train_step(model, tx, schedule, trainable=trainable,
                                grad_accum=int(t.grad_accum_steps), seed=int(t.seed),
-                               loss_positions=int(t.loss_positions)),
+                               **step_lib.loss_lib.loss_options(t)),
       mesh, shardings)
   gb, seq = int(t.global_batch_size), int(config.data.max_length)
   batch = abstract_batch(mc, mesh, gb, seq)

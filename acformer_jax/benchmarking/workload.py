@@ -117,7 +117,7 @@ def make_call(mc: config_lib.ModelConfig, train_cfg, *, seed: int = 0):
   abstract, shardings = state_lib.abstract_state(state_fn, mesh)
   fn = step_lib.make_train_step(model, tx, schedule, trainable=trainable,
                                 grad_accum=int(train_cfg.get("grad_accum_steps", 1)), seed=seed,
-                                loss_positions=int(train_cfg.get("loss_positions", 0)))
+                                **step_lib.loss_lib.loss_options(train_cfg))
   return step_lib.jit_train_step(fn, mesh, shardings), state_fn, abstract, shardings
 
 

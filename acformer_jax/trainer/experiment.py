@@ -68,6 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
       "lr": 1e-3, "warmup_ratio": 0.03, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
       "weight_decay": 0.0, "clip_norm": 1.0})
   t.loss_positions = 0              # >0: LM head only on that many supervised positions per row
+  t.loss_impl = "full"              # full | tiled (head + CE in vocab tiles, trainer/loss.py)
+  t.vocab_chunk = 8192              # vocab columns per tile with loss_impl="tiled"
   t.log_every = 10
   t.nan_guard = True
   t.sharding_tolerance = 0.02       # max fraction of parameter bytes replicated over fsdp/tensor

@@ -141,7 +141,7 @@ def run(config, workdir, *, data_iterator=None, mesh=None) -> Dict[str, Any]:
   step_fn = step_lib.jit_train_step(
       step_lib.make_train_step(b["model"], b["tx"], b["schedule"], trainable=b["trainable"],
                                grad_accum=int(t.grad_accum_steps), seed=int(t.seed),
-                               loss_positions=int(t.loss_positions)),
+                               **step_lib.loss_lib.loss_options(t)),
       mesh, b["shardings"])
 
   seq_len = int(config.data.max_length)
