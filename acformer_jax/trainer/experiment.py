@@ -53,7 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict({
       "vision": _dict_of(mc.vision), "llm": _dict_of(mc.llm), "connector": _dict_of(mc.connector),
       "image_token_id": mc.image_token_id, "dtype": "bfloat16", "param_dtype": "float32",
-      "scan_layers": True, "remat_policy": "minimal"})
+      "scan_layers": True, "remat_policy": "minimal", "attention": mc.attention})
   c.mesh = ml_collections.ConfigDict({"shape": (1, -1, 1), "dcn_shape": (1, 1, 1)})
 
   c.train = ml_collections.ConfigDict()
