@@ -20,12 +20,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec
 
 from acformer_jax.config import LLMConfig
 from acformer_jax.models.attention import attention as attend
-from jax.ad_checkpoint import checkpoint_name
-
 from acformer_jax.models.layers import (ATTN_OUT, DEFAULT_KERNEL_INIT, MLP_IN, QKV_PROJ, DType,
                                         RMSNorm, constrain, dense, partitioned, stacked, to_dtype)
 
