@@ -56,8 +56,15 @@ def check_cudnn():
   out = {"cudnn_kernel_in_hlo": uses_cudnn, "out_max_abs_err": err(o_c, o_x),
          "out_max_abs": scale(o_x),
          "grad_rel_err": max(err(a, b) / scale(b) for a, b in zip(g_c, g_x))}
+  # A cached prefill's shape: 64 queries at slots 0..63 against a 512-slot cache, kv_mask.
+  kv_mask = jnp.asarray(np.arange(t)[None] < np.array([[64], [40]]))
+  pre = dict(causal=True, kv_mask=kv_mask)
+  o_p = jax.jit(lambda q, k, v: A.attention(q, k, v, impl="cudnn", **pre))(q[:, :64], k, v)
+  o_r = jax.jit(lambda q, k, v: A.attention(q, k, v, impl="xla", **pre))(
+      *(a.astype(jnp.float32) for a in (q[:, :64], k, v)))
+  out["prefill_max_abs_err"] = err(o_p[:, :40], o_r[:, :40])
   out["ok"] = uses_cudnn and out["out_max_abs_err"] < 3e-2 * max(out["out_max_abs"], 1) \
-      and out["grad_rel_err"] < 3e-2
+      and out["grad_rel_err"] < 3e-2 and out["prefill_max_abs_err"] < 3e-2 * max(out["out_max_abs"], 1)
   return out
 
 
