@@ -158,3 +158,4 @@ def test_torch_smoke(capsys):
   (dec,) = res["decode"]
   assert dec["batch"] == 2 and dec["greedy_token_agreement"] == 1.0
   assert dec["jax_tokens_per_s"] > 0 and dec["torch_tokens_per_s"] > 0
+  assert res["train"]["speedup_vs_stock_full_head"] > 0 and "jax_decode_only_tokens_per_s" in dec

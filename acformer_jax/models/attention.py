@@ -68,7 +68,9 @@ def resolve_impl(impl: str, *, t: int, s: int, q_offset, head_dim: int, dtype,
     if platform not in ("gpu", "cuda"):
       raise ValueError(f"model.attention='cudnn' needs an NVIDIA GPU, but the backend is "
                        f"{platform!r}; use 'xla' or 'auto'")
-    ok = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim <= 128 and head_dim % 8 == 0
+    # Cache-free calls only: decode steps (traced q_offset) are memory-bound and run xla.
+    ok = (jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim <= 128
+          and head_dim % 8 == 0 and _static_zero(q_offset))
     return "cudnn" if ok else "xla"
   if impl in ("splash", "splash_interpret"):
     ok = t == s and t % SPLASH_BLOCK == 0 and _static_zero(q_offset)

@@ -16,7 +16,22 @@ import jax.numpy as jnp
 DType = Any
 Axes = Sequence[Optional[str]]
 
-REMAT_POLICIES = ("none", "full", "minimal", "dots")
+# Activations the decoder tags with ``jax.ad_checkpoint.checkpoint_name`` (models/llama.py):
+# q/k/v after RoPE, the attention block's output (after o_proj) and the MLP's gate/up
+# projections. The MLP block's output is not tagged: the backward never reads it (the next
+# block's input is the scan carry, which every policy saves).
+QKV_PROJ, ATTN_OUT, MLP_IN = "qkv_proj", "attn_out", "mlp_in"
+NAMED_POLICIES = {  # policy -> names kept in device memory
+    "save_qkv": (QKV_PROJ,),
+    "save_qkv_attn": (QKV_PROJ, ATTN_OUT),
+    "save_named": (QKV_PROJ, ATTN_OUT, MLP_IN),
+}
+OFFLOAD_POLICIES = {  # policy -> names moved to pinned host memory after the forward
+    "offload_qkv": (QKV_PROJ,),
+    "offload_named": (QKV_PROJ, ATTN_OUT, MLP_IN),
+}
+REMAT_POLICIES = (("none", "full", "minimal", "dots") + tuple(NAMED_POLICIES)
+                  + tuple(OFFLOAD_POLICIES))
 
 # Torch-compatible initialisers are irrelevant (weights come from checkpoints); these
 # only give sensible random models for tests and from-scratch parts.
@@ -90,19 +105,28 @@ class RMSNorm(nn.Module):
 
 
 def remat_policy(name: str):
-  """Named rematerialisation policy (``ModelConfig.remat_policy``).
+  """Named rematerialisation policy (``ModelConfig.remat_policy``; docs/training.md).
 
   ``none``: no remat (keep every activation); ``full``: save nothing, recompute the
   whole block; ``minimal``: save the projections against weights (matmuls without batch
   dims), recompute attention scores and elementwise ops; ``dots``: save every matmul.
+  ``save_*`` (``NAMED_POLICIES``): keep only the tensors tagged with those names and
+  recompute the rest; ``offload_*`` (``OFFLOAD_POLICIES``): the same tensors, moved to
+  pinned host memory between forward and backward (TPU/GPU; XLA:CPU also compiles it).
   Returns ``False`` for ``none`` and the ``jax.checkpoint`` policy otherwise.
   """
   cp = jax.checkpoint_policies
   table = {"none": False, "full": cp.nothing_saveable,
            "minimal": cp.checkpoint_dots_with_no_batch_dims, "dots": cp.checkpoint_dots}
-  if name not in table:
-    raise ValueError(f"remat_policy={name!r} is not one of {REMAT_POLICIES}")
-  return table[name]
+  if name in table:
+    return table[name]
+  if name in NAMED_POLICIES:
+    return cp.save_only_these_names(*NAMED_POLICIES[name])
+  if name in OFFLOAD_POLICIES:
+    return cp.save_and_offload_only_these_names(
+        names_which_can_be_saved=[], names_which_can_be_offloaded=list(OFFLOAD_POLICIES[name]),
+        offload_src="device", offload_dst="pinned_host")
+  raise ValueError(f"remat_policy={name!r} is not one of {REMAT_POLICIES}")
 
 
 def stacked(block: type[nn.Module], *, length: int, scan_layers: bool, remat: str,

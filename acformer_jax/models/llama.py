@@ -20,12 +20,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec
 
 from acformer_jax.config import LLMConfig
 from acformer_jax.models.attention import attention as attend
-from acformer_jax.models.layers import (DEFAULT_KERNEL_INIT, DType, RMSNorm, constrain, dense,
-                                        partitioned, stacked, to_dtype)
+from acformer_jax.models.layers import (ATTN_OUT, DEFAULT_KERNEL_INIT, MLP_IN, QKV_PROJ, DType,
+                                        RMSNorm, constrain, dense, partitioned, stacked, to_dtype)
 
 Cache = dict  # {"k": [layers, B, kv_heads, S_max, head_dim], "v": same}
 CACHE_AXES = ("layers", "cache_batch", "cache_kv_heads", "cache_length", "cache_head_dim")
@@ -107,6 +108,7 @@ class LlamaAttention(nn.Module):
     q = constrain(apply_rope(q, cos, sin), ("activation_batch", "activation_length", "activation_heads", None))
     k = constrain(apply_rope(k, cos, sin), ("activation_batch", "activation_length", "activation_kv_heads", None))
     v = constrain(v, ("activation_batch", "activation_length", "activation_kv_heads", None))
+    q, k, v = (checkpoint_name(a, QKV_PROJ) for a in (q, k, v))  # remat policy names
     new_cache = None
     if cache is not None:
       k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, kv_heads, T, head_dim]
@@ -120,7 +122,8 @@ class LlamaAttention(nn.Module):
     # Mistral's sliding window: slot distance = position distance within a sequence.
     out = attend(q, k, v, impl=self.attention, causal=True, kv_heads_major=cache is not None,
                  sliding_window=cfg.sliding_window or None, **mask).reshape(b, t, h * hd)
-    return dense(cfg.hidden_size, ("heads", "embed"), name="o_proj", **kw)(out), new_cache
+    out = dense(cfg.hidden_size, ("heads", "embed"), name="o_proj", **kw)(out)
+    return checkpoint_name(out, ATTN_OUT), new_cache
 
 
 MLP_ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True)}
@@ -136,9 +139,12 @@ class LlamaMLP(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.config
     kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
-    gate = dense(cfg.intermediate_size, ("embed", "mlp"), name="gate_proj", **kw)(x)
-    up = dense(cfg.intermediate_size, ("embed", "mlp"), name="up_proj", **kw)(x)
-    y = constrain(MLP_ACTIVATIONS[cfg.mlp_activation](gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
+    gate = checkpoint_name(dense(cfg.intermediate_size, ("embed", "mlp"), name="gate_proj", **kw)(x),
+                           MLP_IN)
+    up = checkpoint_name(dense(cfg.intermediate_size, ("embed", "mlp"), name="up_proj", **kw)(x),
+                         MLP_IN)
+    y = constrain(MLP_ACTIVATIONS[cfg.mlp_activation](gate) * up,
+                  ("activation_batch", "activation_length", "activation_mlp"))
     return dense(cfg.hidden_size, ("mlp", "embed"), name="down_proj", **kw)(y)
 
 

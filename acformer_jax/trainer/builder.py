@@ -118,7 +118,7 @@ def build_experiment(config, mesh: Mesh, *, process_count: Optional[int] = None,
   step = step_lib.jit_train_step(
       step_lib.make_train_step(model, tx, schedule, trainable=trainable,
                                grad_accum=int(t.get("grad_accum_steps", 1)), seed=int(t.seed),
-                               loss_positions=head),
+                               **step_lib.loss_lib.loss_options(t)),
       mesh, shardings)
   shape = batch_lib.global_shape(config, mc.vision.image_size)
   llm_tr = llm_trains(abstract.params, trainable)

@@ -60,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict({
       "vision": _dict_of(mc.vision), "llm": _dict_of(mc.llm), "connector": _dict_of(mc.connector),
       "image_token_id": mc.image_token_id, "dtype": "bfloat16", "param_dtype": "float32",
-      "scan_layers": True, "remat_policy": "minimal"})
+      "scan_layers": True, "remat_policy": "minimal", "attention": mc.attention})
   c.mesh = ml_collections.ConfigDict({"shape": (1, -1, 1), "dcn_shape": (1, 1, 1)})
 
   c.train = ml_collections.ConfigDict()
@@ -76,6 +76,8 @@ def base_config() -> ml_collections.ConfigDict:
       "lr": 1e-3, "warmup_ratio": 0.03, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
       "weight_decay": 0.0, "clip_norm": 1.0})
   t.loss_positions = 0              # >0: LM head only on that many supervised positions per row
+  t.loss_impl = "full"              # full | tiled (head + CE in vocab tiles, trainer/loss.py)
+  t.vocab_chunk = 8192              # vocab columns per tile with loss_impl="tiled"
   t.log_every = 10
   t.nan_guard = True
   t.sharding_tolerance = 0.02       # max fraction of parameter bytes replicated over fsdp/tensor

@@ -67,12 +67,16 @@ def all_finite(tree) -> jax.Array:
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: Callable, *,
                     trainable: Sequence[str], grad_accum: int = 1, seed: int = 0,
-                    loss_positions: int = 0) -> Callable:
+                    loss_positions: int = 0, loss_impl: str = "full",
+                    vocab_chunk: int = 8192) -> Callable:
   """``(state, batch) -> (state, metrics)``, pure and unjitted (see :func:`jit_train_step`).
 
   ``loss_positions > 0`` runs the LM head on that many supervised positions per row only
-  (see :mod:`acformer_jax.trainer.loss`); 0 = all positions.
+  (see :mod:`acformer_jax.trainer.loss`); 0 = all positions. ``loss_impl="tiled"`` computes
+  head and loss in ``vocab_chunk`` column tiles (``loss.head_loss``): no ``[B,T,V]`` logits.
   """
+  if loss_impl not in loss_lib.LOSS_IMPLS:
+    raise ValueError(f"train.loss_impl={loss_impl!r} is not one of {loss_lib.LOSS_IMPLS}")
   if grad_accum < 1:
     raise ValueError(f"train.grad_accum_steps must be >= 1, got {grad_accum}")
   if loss_positions < 0:
@@ -81,6 +85,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
   def forward_loss(params, mb, key):
     kw = dict(positions=mb["positions"], segment_ids=mb["segment_ids"],
               image_mask=mb["image_mask"], rng=key)
+    if loss_impl == "tiled":
+      positions, targets, dropped = (loss_lib.select_positions(mb["labels"], loss_positions)
+                                     if loss_positions else
+                                     (None, loss_lib.shifted_targets(mb["labels"]), jnp.zeros((), jnp.int32)))
+      with loss_lib.hidden_instead_of_logits(positions):
+        hidden = model.apply({"params": params}, mb["images"], mb["input_ids"], **kw)
+      s, _, c = loss_lib.head_loss(hidden, loss_lib.head_kernel(params), targets,
+                                   chunk=vocab_chunk, dtype=model.config.dtype)
+      return s, c, dropped
     if loss_positions:
       positions, targets, dropped = loss_lib.select_positions(mb["labels"], loss_positions)
       with loss_lib.head_on_positions(positions):

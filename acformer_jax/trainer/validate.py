@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence
 from acformer_jax import config as config_lib
 from acformer_jax import sharding as sharding_lib
 from acformer_jax.models import connectors, registry, towers
+from acformer_jax.models import attention as attention_lib
 from acformer_jax.models.layers import REMAT_POLICIES
 from acformer_jax.trainer import experiment
 
@@ -54,6 +55,8 @@ def _check_model(mc: config_lib.ModelConfig, errors: List[str], pretrained: bool
                    "used", c.num_queries, v.num_heads, v.num_heads * (c.num_queries // v.num_heads))
   if mc.remat_policy not in REMAT_POLICIES:
     errors.append(f"model.remat_policy={mc.remat_policy!r} is not one of {REMAT_POLICIES}")
+  if mc.attention not in attention_lib.IMPLS:
+    errors.append(f"model.attention={mc.attention!r} is not one of {attention_lib.IMPLS}")
   if l.hidden_size % l.num_heads or l.num_heads % l.num_kv_heads:
     errors.append(f"model.llm: hidden_size={l.hidden_size} must divide by num_heads={l.num_heads} "
                   f"and num_heads by num_kv_heads={l.num_kv_heads}")

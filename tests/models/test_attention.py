@@ -108,6 +108,8 @@ def test_resolve_impl_and_errors():
   assert r("splash", t=1, s=256, q_offset=jnp.int32(3), head_dim=64, dtype=jnp.float32, platform="tpu") == "xla"
   assert r("splash", t=577, s=577, q_offset=0, head_dim=64, dtype=jnp.float32, platform="tpu") == "xla"
   assert r("cudnn", t=8, s=8, q_offset=0, head_dim=64, dtype=jnp.float32, platform="gpu") == "xla"
+  assert r("cudnn", t=1, s=64, q_offset=jnp.int32(5), head_dim=64, dtype=jnp.bfloat16, platform="gpu") == "xla"
+  assert r("cudnn", t=16, s=64, q_offset=0, head_dim=64, dtype=jnp.bfloat16, platform="gpu") == "cudnn"
   with pytest.raises(ValueError, match="'cudnn' needs an NVIDIA GPU, but the backend is 'cpu'"):
     attn_lib.attention(rand((1, 8, 2, 8), 0), rand((1, 8, 2, 8), 1), rand((1, 8, 2, 8), 2),
                        impl="cudnn", causal=True)
