@@ -21,15 +21,19 @@ import pathlib
 SIZES = ("7b", "13b")
 CONNECTORS = ("acformer144", "acformer256", "mlp2x_gelu")
 
-# (size, stage) -> recipe. Global batches are LLaVA-1.5's (stage 1: 256, stage 2: 128), so rows
-# per chip = global batch / chips / grad_accum. Stage 2 trains the LLM: fp32 master weights
-# + Adam moments are 12 bytes per parameter, sharded over every chip (FSDP). Stage 1 rows are
-# short (``data.max_length`` = visual tokens + 128 caption tokens), so whole batches fit.
+# (size, stage) -> recipe. Every stage packs into 2048-token rows; the global batch counts
+# rows (``experiment.PACKING``: multiples of 16, ~LLaVA-1.5's 256 / 128 samples per step), so
+# rows per chip = global batch / 16 chips / grad_accum: stage 1 1 (AcFormer-145), 2
+# (AcFormer-257), 5 (MLP-576); stage 2 2, 2, 4. Stage 2 trains the LLM: fp32 master weights +
+# Adam moments are 12 bytes per parameter, sharded over every chip (FSDP).
+# Compiled with ``acformer_jax.aot`` after packing (docs/aot.md): 7B stage 2 AcFormer-145 and
+# MLP-576 on v5p-32 (tokens per step and memory in TPU_AOT below). The 13B recipes moved to
+# 16 chips with packing and were not re-compiled: run ``acformer_jax.aot`` before launching.
 RECIPES = {
-    ("7b", 1): dict(topology="v5p-32", mesh=(1, -1, 1), grad_accum=1, remat="minimal"),   # 16 rows/chip
-    ("7b", 2): dict(topology="v5p-32", mesh=(1, -1, 1), grad_accum=1, remat="minimal"),   # 8 rows/chip
-    ("13b", 1): dict(topology="v5p-64", mesh=(1, -1, 1), grad_accum=1, remat="minimal"),  # 8 rows/chip
-    ("13b", 2): dict(topology="v5p-64", mesh=(1, -1, 1), grad_accum=1, remat="minimal"),  # 4 rows/chip
+    ("7b", 1): dict(topology="v5p-32", mesh=(1, -1, 1), grad_accum=1, remat="minimal"),
+    ("7b", 2): dict(topology="v5p-32", mesh=(1, -1, 1), grad_accum=1, remat="minimal"),
+    ("13b", 1): dict(topology="v5p-32", mesh=(1, -1, 1), grad_accum=1, remat="minimal"),
+    ("13b", 2): dict(topology="v5p-32", mesh=(1, -1, 1), grad_accum=1, remat="minimal"),
 }
 
 
