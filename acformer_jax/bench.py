@@ -167,11 +167,13 @@ def _packing(xla_flags) -> dict:
   reps, warmup = _reps_warmup(workload.bench_section(cfg))
   res = packing_bench.run_packing(cfg, reps=reps, warmup=warmup, quiet_wait_s=FLAGS.quiet_wait,
                                   log=_log)
+  res["config"], res["xla_flags"] = FLAGS.config, xla_flags
+  if FLAGS.json and FLAGS.json != "-":  # written before the tables: a long run is never lost
+    pathlib.Path(FLAGS.json).write_text(json.dumps(res, default=float) + "\n")
   print(packing_bench.format_result(res))
   note = speed.quiet_note(list(res["variants"].values()))
   if note:
     print(note)
-  res["config"], res["xla_flags"] = FLAGS.config, xla_flags
   return res
 
 

@@ -18,28 +18,31 @@ ratios). ``data.max_images_per_row`` per stage and connector is the recipe's
 (``trainer/experiment.PACKING``). Padded = one sample per row (the unpacked recipe at 2048).
 Global batch: ``rows`` per stage, the same for every variant of that stage. Float32, no remat.
 """
-from acformer_jax.trainer import experiment
+import importlib.util
+import pathlib
+
+
+def _bench_cpu_stage1():
+  path = pathlib.Path(__file__).resolve().parent / "bench_cpu_stage1.py"
+  spec = importlib.util.spec_from_file_location("_acformer_bench_cpu_stage1", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def get_config(arg: str = ""):
   del arg
-  c = experiment.base_config()
-  experiment.stage1(c)
-  c.model.vision.update(image_size=168, patch_size=14, hidden_size=256, intermediate_size=1024,
-                        num_layers=3, num_heads=4, select_layer=-2)
-  c.model.llm.update(vocab_size=1536, hidden_size=512, intermediate_size=1376, num_layers=12,
-                     num_heads=4, num_kv_heads=4, max_position_embeddings=2048)
-  c.model.connector.update(type="acformer", num_queries=36, depth=1, heads=2, dim_head=64,
-                           ff_mult=4)
-  c.model.image_token_id = 1536
-  c.model.update(dtype="float32", param_dtype="float32", remat_policy="none", scan_layers=True)
-  c.train.update(global_batch_size=2, steps=1000)
+  c = _bench_cpu_stage1()  # the scaled model; only the token lengths change here
+  c.model.vision.image_size = 168
+  c.model.llm.max_position_embeddings = 2048
+  c.model.connector.num_queries = 36
+  c.train.global_batch_size = 2
   c.init.allow_random = True
   c.bench = dict(
       row_length=512, length_scale=0.25,
       # name -> (connector at bench scale, recipe preset whose max_images_per_row is used)
       variants="acformer144=acformer:36,mlp2x_gelu=mlp2x_gelu",
-      rows_stage1=2, rows_stage2=2,
+      layouts="s1_packed,s2_packed,s2_padded", rows_stage1=2, rows_stage2=2,
       text_sweep="0.5,1,2,4",
       reps=3, warmup=1, seed=0)
   return c

@@ -146,7 +146,8 @@ def run_packing(cfg, *, reps: int, warmup: int, quiet_wait_s: float = 0.0,
   vs = variants(b)
   row_len, scale, seed = int(b["row_length"]), float(b["length_scale"]), int(b["seed"])
   base = workload.model_config(cfg)
-  layouts = [(1, True), (2, True), (2, False)]
+  layouts = [(int(x.strip()[1]), x.strip().endswith("packed"))
+             for x in str(b.get("layouts", "s1_packed,s2_packed,s2_padded")).split(",")]
   runs, info, shared = {}, {}, {}
   for stage, packed in layouts:
     rows = int(b[f"rows_stage{stage}"])
@@ -199,6 +200,8 @@ def ratios(info: Dict[str, Dict], presets: Sequence[str]) -> List[Dict]:
   if len(presets) >= 2:
     ac, mlp = presets[0], presets[1]
     for stage in (1, 2):
+      if f"s{stage}_packed_{ac}" not in info:
+        continue
       a, m = info[f"s{stage}_packed_{ac}"], info[f"s{stage}_packed_{mlp}"]
       ideal = (m["real_flops"] / m["samples_per_step"]) / (a["real_flops"] / a["samples_per_step"])
       got = a["real_samples_per_s"] / m["real_samples_per_s"]
@@ -212,14 +215,19 @@ def ratios(info: Dict[str, Dict], presets: Sequence[str]) -> List[Dict]:
         r.update(target=f">= {TARGETS['stage2_fraction_of_ideal']:.0%} of ideal",
                  met=got / ideal >= TARGETS["stage2_fraction_of_ideal"])
       out.append(r)
-  for p in presets:
+  for i, p in enumerate(presets):
+    if f"s2_padded_{p}" not in info or f"s2_packed_{p}" not in info:
+      continue
     pk, pd = info[f"s2_packed_{p}"], info[f"s2_padded_{p}"]
     got = pk["real_tokens_per_s"] / pd["real_tokens_per_s"]
+    # FLOP-ideal: real tokens per PADDED FLOP (what static shapes make the hardware do).
     ideal = (pk["real_tokens_per_step"] / pk["padded_flops"]) / (pd["real_tokens_per_step"] / pd["padded_flops"])
-    out.append({"name": f"stage 2 {p}: packed / padded real tokens/s", "measured": got,
-                "flop_ideal": ideal, "fraction_of_ideal": got / ideal,
-                "target": f">= {TARGETS['stage2_packed_over_padded']}x",
-                "met": got >= TARGETS["stage2_packed_over_padded"]})
+    r = {"name": f"stage 2 {p}: packed / padded real tokens/s", "measured": got,
+         "flop_ideal": ideal, "fraction_of_ideal": got / ideal}
+    if i == 0:  # the target is AcFormer's; the baseline's is reported alongside
+      r.update(target=f">= {TARGETS['stage2_packed_over_padded']}x",
+               met=got >= TARGETS["stage2_packed_over_padded"])
+    out.append(r)
   return out
 
 
@@ -243,11 +251,14 @@ def format_result(res: Dict) -> str:
   for r in res["ratios"]:
     seven = f"{r['flop_ideal_7b']:.2f}x" if "flop_ideal_7b" in r else "-"
     lines.append(f"{r['name']:<56} {r['measured']:>8.2f}x {r['flop_ideal']:>9.2f}x "
-                 f"{r['fraction_of_ideal']:>9.0%} {seven:>9}  {r['target']} "
-                 f"{'MET' if r['met'] else 'NOT MET'}")
+                 f"{r['fraction_of_ideal']:>9.0%} {seven:>9}  " + (
+                     f"{r['target']} {'MET' if r['met'] else 'NOT MET'}" if "target" in r else "-"))
   lines += ["", "7B stage-2 recipe vs mean text length (FLOP model on the profile, not timed):",
+            "  per connector: samples per 2048-row, real tokens / slots, packed:padded real tokens "
+            "per padded FLOP;", "  AcFormer/MLP samples per sample-FLOP (ideal) and per padded "
+            "FLOP of packed rows (predicted)",
             f"{'text x':>6} {'text tok':>8}  " + "  ".join(
-                f"{p + ' rows/tok/packed:padded':>36}" for p in res["sweep_7b"][0]["connectors"])
+                f"{p:>36}" for p in res["sweep_7b"][0]["connectors"])
             + f"  {'ideal':>6} {'predicted':>9}"]
   for w in res["sweep_7b"]:
     cells = "  ".join(f"{c['samples_per_row']:>16.2f} {c['token_efficiency']:>7.0%} "
