@@ -1,11 +1,12 @@
-"""Benchmarks: the paper's speed claim, utilisation, PyTorch comparison, Figure-1 plot.
+"""Benchmarks: the paper's speed claim, packing, utilisation, PyTorch comparison, Figure-1 plot.
 
 Usage::
 
   python -m acformer_jax.bench speed --config configs/bench_cpu_stage1.py \
       --connectors mlp2x_gelu,acformer144,acformer256 [--reps 7] [--json FILE|-]
+  python -m acformer_jax.bench packing --config configs/bench_packing.py [--reps 3] [--json FILE|-]
   python -m acformer_jax.bench mfu --config configs/bench_cpu_stage1.py [--connectors acformer144]
-  python -m acformer_jax.bench torch [--batch 4] [--decode-batches 1,8] [--json FILE|-]
+  python -m acformer_jax.bench torch [--preset small] [--decode_batches 1,8] [--json FILE|-]
   python -m acformer_jax.bench plot --speed speed.json --accuracy acc.json --out fig1.png
 
 Connectors are presets (``mlp2x_gelu``, ``acformer64/144/256``), types (``acformer`` keeps
@@ -15,12 +16,13 @@ JSON object (also written to FILE unless FILE is ``-``). Spec: ``acformer.md`` 1
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
 import sys
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
+
+from absl import flags
 
 SPEED_COLS = (("connector", "connector", "{}"), ("tokens", "visual_tokens", "{}"),
               ("seq", "seq_len", "{}"), ("step s", "step_s", "{:.3f}"),
@@ -39,19 +41,19 @@ MFU_COLS = (("connector", "connector", "{}"), ("step s", "step_s", "{:.3f}"),
 # neighbours are slower than plain matmuls followed by XLA's own fusions (about 5% on the
 # train step, 9% on batch-8 decoding), so they are turned off. ``speed`` and ``mfu`` keep
 # XLA's defaults: there the flag slows the short-sequence steps and lowers the measured
-# matmul peak (YNNPACK runs the large matmuls). ``--xla-flags`` overrides either default.
+# matmul peak (YNNPACK runs the large matmuls). ``--xla_flags`` overrides either default.
 CPU_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
-DEFAULT_XLA_FLAGS = {"torch": CPU_XLA_FLAGS, "speed": "", "mfu": ""}
+DEFAULT_XLA_FLAGS = {"torch": CPU_XLA_FLAGS, "speed": "", "mfu": "", "packing": ""}
 
 
-def apply_xla_flags(flags: str) -> str:
+def apply_xla_flags(xla: str) -> str:
   """Appends ``flags`` to ``XLA_FLAGS`` before JAX starts its backend; returns the flags
   in effect (unchanged, with a warning, when the backend is already running)."""
   started = bool(getattr(sys.modules.get("jax._src.xla_bridge"), "_backends", None))
-  if flags and started:
-    print(f"note: JAX is already running; --xla-flags {flags!r} not applied", file=sys.stderr)
-  elif flags:
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+  if xla and started:
+    print(f"note: JAX is already running; --xla_flags {xla!r} not applied", file=sys.stderr)
+  elif xla:
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {xla}".strip()
   return os.environ.get("XLA_FLAGS", "")
 
 
@@ -69,55 +71,80 @@ def _emit(result, json_path: Optional[str]) -> None:
   print(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m acformer_jax.bench", description=__doc__.split("\n")[0])
-  p.add_argument("--xla-flags", default=None,
-                 help=f"XLA flags added before JAX starts (default: {CPU_XLA_FLAGS!r} for "
-                      "torch, none for speed and mfu)")
-  sub = p.add_subparsers(dest="command", required=True)
-  for name in ("speed", "mfu"):
-    s = sub.add_parser(name)
-    s.add_argument("--config", required=True, help="experiment file, e.g. configs/bench_cpu_stage1.py")
-    s.add_argument("--connectors", default=None, help="comma-separated (default: config bench.connectors)")
-    s.add_argument("--reps", type=int, default=None, help="timed repetitions per connector")
-    s.add_argument("--warmup", type=int, default=None, help="untimed runs after compiling")
-    s.add_argument("--json", default=None, metavar="FILE", help="also print/write the JSON result")
-    s.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
-                   help="before each timed run wait up to S seconds for a quiet machine")
-  sub.choices["speed"].add_argument("--no-xla-check", action="store_true",
-                                    help="skip the cost_analysis cross-check")
-  sub.choices["mfu"].add_argument("--matmul-n", default="2048,4096",
-                                  help="square matmul sizes for the peak (default 2048,4096)")
-  sub.choices["mfu"].add_argument("--no-bf16", action="store_true", help="skip the bf16 matmul")
-  t = sub.add_parser("torch")
-  from acformer_jax.benchmarking import torch_compare  # pylint: disable=import-outside-toplevel
-  torch_compare.add_arguments(t)
-  pl = sub.add_parser("plot")
-  from acformer_jax.benchmarking import plot  # pylint: disable=import-outside-toplevel
-  plot.add_arguments(pl)
-  return p
+COMMANDS = ("speed", "packing", "mfu", "torch", "plot")
+# Own FlagValues: other CLIs (aot, train) define --config in the global absl FLAGS, and tests
+# import several of them into one process.
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("xla_flags", None, f"XLA flags added before JAX starts (default: "
+                    f"{CPU_XLA_FLAGS!r} for torch, none otherwise).", flag_values=FLAGS)
+flags.DEFINE_string("config", None, "speed/mfu/packing: experiment file (path or path:arg), e.g. "
+                    "configs/bench_cpu_stage1.py.", flag_values=FLAGS)
+flags.DEFINE_string("connectors", None, "speed/mfu: comma-separated connectors (default: "
+                    "config bench.connectors).", flag_values=FLAGS)
+flags.DEFINE_integer("reps", None, "Timed repetitions per variant (default: config bench.reps; "
+                     "torch: 5).", flag_values=FLAGS)
+flags.DEFINE_integer("warmup", None, "Untimed runs after compiling (default: config bench.warmup).",
+                     flag_values=FLAGS)
+flags.DEFINE_string("json", None, "Also print the JSON result as the last line, and write it to "
+                    "this file unless it is '-'.", flag_values=FLAGS)
+flags.DEFINE_float("quiet_wait", 0.0, "Before each timed run wait up to this many seconds for a "
+                   "quiet machine.", flag_values=FLAGS)
+flags.DEFINE_bool("xla_check", True, "speed: cross-check the FLOPs with XLA's cost analysis.",
+                  flag_values=FLAGS)
+flags.DEFINE_string("matmul_n", "2048,4096", "mfu: square matmul sizes for the peak.",
+                    flag_values=FLAGS)
+flags.DEFINE_bool("bf16", True, "mfu: also measure a bfloat16 matmul.", flag_values=FLAGS)
+flags.DEFINE_enum("preset", "small", ["small", "tiny"], "torch: model preset.", flag_values=FLAGS)
+flags.DEFINE_integer("decode_reps", 3, "torch: timed repetitions of generate.", flag_values=FLAGS)
+flags.DEFINE_string("decode_batches", "1,8", "torch: generation batch sizes.", flag_values=FLAGS)
+flags.DEFINE_integer("threads", 0, "torch: torch threads (0: all cores).", flag_values=FLAGS)
+flags.DEFINE_string("speed", None, "plot: JSON written by `bench speed --json FILE`.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("accuracy", None, "plot: JSON {connector: accuracy} or a list.",
+                    flag_values=FLAGS)
+flags.DEFINE_multi_string("score", [], "plot: CONNECTOR=FILE, an `evaluate score` output "
+                          "(repeatable).", flag_values=FLAGS)
+flags.DEFINE_string("metric", "accuracy", "plot: metric read from --score files.", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "plot: output PNG.", flag_values=FLAGS)
+flags.DEFINE_string("title", "Accuracy vs training step time", "plot: title.", flag_values=FLAGS)
+flags.DEFINE_string("ylabel", "accuracy", "plot: y-axis label.", flag_values=FLAGS)
 
 
-def _speed_or_mfu(args, xla_flags) -> int:
-  from acformer_jax.benchmarking import speed, workload  # pylint: disable=import-outside-toplevel
-  cfg = workload.load_experiment(args.config)
-  b = workload.bench_section(cfg)
-  names = [n.strip() for n in (args.connectors or b["connectors"]).split(",") if n.strip()]
-  reps = int(args.reps if args.reps is not None else b["reps"])
-  warmup = int(args.warmup if args.warmup is not None else b["warmup"])
+def _reps_warmup(b) -> tuple:
+  reps = int(FLAGS.reps if FLAGS.reps is not None else b["reps"])
+  warmup = int(FLAGS.warmup if FLAGS.warmup is not None else b["warmup"])
   if reps < 1 or warmup < 0:
     raise ValueError(f"--reps must be >= 1 and --warmup >= 0, got {reps} and {warmup}")
-  log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-  if args.command == "speed":
-    res = speed.run_speed(cfg, names, reps=reps, warmup=warmup,
-                          xla_check=not args.no_xla_check, quiet_wait_s=args.quiet_wait, log=log)
+  return reps, warmup
+
+
+def _log(m: str) -> None:
+  print(m, file=sys.stderr, flush=True)
+
+
+def _load_config():
+  from acformer_jax.benchmarking import workload  # pylint: disable=import-outside-toplevel
+  if not FLAGS.config:
+    raise ValueError("--config is required")
+  return workload.load_experiment(FLAGS.config)
+
+
+def _speed_or_mfu(command: str, xla_flags) -> dict:
+  from acformer_jax.benchmarking import speed, workload  # pylint: disable=import-outside-toplevel
+  cfg = _load_config()
+  b = workload.bench_section(cfg)
+  names = [n.strip() for n in (FLAGS.connectors or b["connectors"]).split(",") if n.strip()]
+  reps, warmup = _reps_warmup(b)
+  if command == "speed":
+    res = speed.run_speed(cfg, names, reps=reps, warmup=warmup, xla_check=FLAGS.xla_check,
+                          quiet_wait_s=FLAGS.quiet_wait, log=_log)
     rows = _scale(res["connectors"], ("model_flops", "achieved_flops_per_s"), 1e9)
     print(speed.table(rows, SPEED_COLS))
     print(f"baseline {res['baseline']}; step time = median of {reps} interleaved repetitions")
   else:
-    sizes = [int(x) for x in args.matmul_n.split(",") if x.strip()]
+    sizes = [int(x) for x in FLAGS.matmul_n.split(",") if x.strip()]
     res = speed.run_mfu(cfg, names, reps=reps, warmup=warmup, matmul_n=sizes,
-                        bf16=not args.no_bf16, quiet_wait_s=args.quiet_wait, log=log)
+                        bf16=FLAGS.bf16, quiet_wait_s=FLAGS.quiet_wait, log=_log)
     rows = _scale(res["connectors"], ("model_flops", "achieved_flops_per_s"), 1e9)
     print(f"float32 matmul peak: {res['peak_f32_flops'] / 1e9:.1f} GFLOP/s "
           + ", ".join(f"({k}: best {v['best_flops'] / 1e9:.1f}, median {v['median_flops'] / 1e9:.1f})"
@@ -128,34 +155,72 @@ def _speed_or_mfu(args, xla_flags) -> int:
   note = speed.quiet_note(res["connectors"])
   if note:
     print(note)
-  res["config"] = args.config
+  res["config"] = FLAGS.config
   res["xla_flags"] = xla_flags
   res["batch"], res["text_len"] = workload.shapes_for(cfg)
-  _emit(res, args.json)
+  return res
+
+
+def _packing(xla_flags) -> dict:
+  from acformer_jax.benchmarking import packing_bench, speed, workload  # pylint: disable=import-outside-toplevel
+  cfg = _load_config()
+  reps, warmup = _reps_warmup(workload.bench_section(cfg))
+  res = packing_bench.run_packing(cfg, reps=reps, warmup=warmup, quiet_wait_s=FLAGS.quiet_wait,
+                                  log=_log)
+  res["config"], res["xla_flags"] = FLAGS.config, xla_flags
+  if FLAGS.json and FLAGS.json != "-":  # written before the tables: a long run is never lost
+    pathlib.Path(FLAGS.json).write_text(json.dumps(res, default=float) + "\n")
+  print(packing_bench.format_result(res))
+  note = speed.quiet_note(list(res["variants"].values()))
+  if note:
+    print(note)
+  return res
+
+
+def run_command(args: Sequence[str]) -> int:
+  """Runs ``args[0]`` (one of :data:`COMMANDS`) with the parsed :data:`FLAGS`."""
+  if len(args) != 1 or args[0] not in COMMANDS:
+    print(f"error: expected one command of {list(COMMANDS)}, got {list(args)}\n"
+          "usage: python -m acformer_jax.bench COMMAND [--flags]; --help lists the flags",
+          file=sys.stderr)
+    return 2
+  command = args[0]
+  xla_flags = None
+  if command != "plot":
+    xla_flags = apply_xla_flags(FLAGS.xla_flags if FLAGS.xla_flags is not None
+                                else DEFAULT_XLA_FLAGS[command])
+  try:
+    if command in ("speed", "mfu"):
+      res = _speed_or_mfu(command, xla_flags)
+    elif command == "packing":
+      res = _packing(xla_flags)
+    elif command == "torch":
+      from acformer_jax.benchmarking import torch_compare  # pylint: disable=import-outside-toplevel
+      res = torch_compare.run(FLAGS)
+      res["xla_flags"] = xla_flags
+    else:
+      from acformer_jax.benchmarking import plot  # pylint: disable=import-outside-toplevel
+      res = plot.run(FLAGS)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  _emit(res, FLAGS.json)
   return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  args = build_parser().parse_args(argv)
-  xla_flags = None
-  if args.command != "plot":
-    flags = args.xla_flags if args.xla_flags is not None else DEFAULT_XLA_FLAGS[args.command]
-    xla_flags = apply_xla_flags(flags)
+  """``argv`` without the program name (default ``sys.argv[1:]``): a command and flags."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if "--help" in argv or "-h" in argv or "--helpfull" in argv:
+    print(__doc__ + "\nFlags:\n" + FLAGS.get_help())
+    return 0
+  FLAGS.unparse_flags()
   try:
-    if args.command in ("speed", "mfu"):
-      return _speed_or_mfu(args, xla_flags)
-    if args.command == "torch":
-      from acformer_jax.benchmarking import torch_compare  # pylint: disable=import-outside-toplevel
-      res = torch_compare.run(args)
-      res["xla_flags"] = xla_flags
-    else:
-      from acformer_jax.benchmarking import plot  # pylint: disable=import-outside-toplevel
-      res = plot.run(args)
-  except (FileNotFoundError, ValueError) as e:
+    args: List[str] = FLAGS(["acformer_jax.bench", *argv])[1:]
+  except flags.Error as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  _emit(res, getattr(args, "json", None))
-  return 0
+  return run_command(args)
 
 
 if __name__ == "__main__":

@@ -21,15 +21,22 @@ import pathlib
 SIZES = ("7b", "13b")
 CONNECTORS = ("acformer144", "acformer256", "mlp2x_gelu")
 
-# (size, stage) -> recipe. Global batches are LLaVA-1.5's (stage 1: 256, stage 2: 128), so rows
-# per chip = global batch / chips / grad_accum. Stage 2 trains the LLM: fp32 master weights
-# + Adam moments are 12 bytes per parameter, sharded over every chip (FSDP). Stage 1 rows are
-# short (``data.max_length`` = visual tokens + 128 caption tokens), so whole batches fit.
+# (size, stage) -> recipe. Every stage packs into 2048-token rows; the global batch counts
+# rows (``experiment.PACKING``: multiples of 16, ~LLaVA-1.5's 256 / 128 samples per step), so
+# rows per chip = global batch / 16 chips / grad_accum: stage 1 1 (AcFormer-145), 2
+# (AcFormer-257), 5 (MLP-576); stage 2 2, 2, 4. Stage 2 trains the LLM: fp32 master weights +
+# Adam moments are 12 bytes per parameter, sharded over every chip (FSDP).
+# Tokens per step (docs/aot.md, "Packed recipes"): 7B stage 2 AcFormer-145 32 rows x 2048 =
+# 65,536 token slots (~96% real, ~167 samples, 2.806e15 padded FLOPs); MLP-576 64 x 2048 =
+# 131,072 (~81% real, ~136 samples, 5.490e15). Per-chip memory of the packed recipes was NOT
+# re-measured (the compiles did not finish on the overloaded CPU machine); the padded recipe
+# with 4x (AcFormer) / 2x (MLP) more tokens per chip fit in 72.6 / 68.6 of 95.7 GiB. The 13B
+# recipes moved to 16 chips with packing. Run ``acformer_jax.aot`` before launching.
 RECIPES = {
-    ("7b", 1): dict(topology="v5p-32", mesh=(1, -1, 1), grad_accum=1, remat="minimal"),   # 16 rows/chip
-    ("7b", 2): dict(topology="v5p-32", mesh=(1, -1, 1), grad_accum=1, remat="minimal"),   # 8 rows/chip
-    ("13b", 1): dict(topology="v5p-64", mesh=(1, -1, 1), grad_accum=1, remat="minimal"),  # 8 rows/chip
-    ("13b", 2): dict(topology="v5p-64", mesh=(1, -1, 1), grad_accum=1, remat="minimal"),  # 4 rows/chip
+    ("7b", 1): dict(topology="v5p-32", mesh=(1, -1, 1), grad_accum=1, remat="minimal"),
+    ("7b", 2): dict(topology="v5p-32", mesh=(1, -1, 1), grad_accum=1, remat="minimal"),
+    ("13b", 1): dict(topology="v5p-32", mesh=(1, -1, 1), grad_accum=1, remat="minimal"),
+    ("13b", 2): dict(topology="v5p-32", mesh=(1, -1, 1), grad_accum=1, remat="minimal"),
 }
 
 

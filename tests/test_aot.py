@@ -72,7 +72,11 @@ def test_tiny_train_step_compiles_for_v5e_16(tmp_path):
   spec.loader.exec_module(mod)
   cfg = mod.get_config()
   mc = config_lib.model_config_from_dict(cfg.model)
-  want = flops_lib.train_step_flops(mc, 32, cfg.data.max_length, llm_trainable=True)
+  from acformer_jax import batch as B
+  m = B.images_per_row(cfg.data)
+  want = flops_lib.train_step_flops(mc, 32, cfg.data.max_length, llm_trainable=True,
+                                    images_per_row=m)
+  assert res["token_slots"] == 32 * cfg.data.max_length and res["images_per_row"] == m
   assert res["flops"]["total"] == pytest.approx(want.total, rel=1e-12)
   assert r["mfu"] == pytest.approx(want.total / (0.5 * 16 * 197e12), rel=1e-9)
   side = json.loads((tmp_path / "step.exe.json").read_text())

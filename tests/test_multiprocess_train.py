@@ -5,7 +5,9 @@ Spec: ``jax_practices.md`` items 2, 5, 6 and 14 (multi-controller runs: per-host
 ``environment.md`` section 3 (several CPU processes with gloo). Everything is real: the
 ``acformer_jax.train`` CLI, ``launch/local_multiprocess.sh``, the tfds demo builder, a
 SentencePiece tokenizer trained here, and Orbax checkpoints. The model is the tiny stage-2
-config (connector + LLM trained, 512-piece demo tokenizer) on 8-row batches.
+config (connector + LLM trained, 512-piece demo tokenizer) on 8-row batches, unpacked: with
+``data.packing`` every host packs its own shard, so 2 hosts x 4 rows pack other rows than
+1 host x 8 rows and the two runs differ by design (packed resume: tests/trainer/test_resume.py).
 """
 import json
 import os
@@ -32,7 +34,8 @@ def _train_args(workdir, tfds_dir, tok_dir, delay=0.0, cache=True):
   # process 1 compiles it, and process 0's first collective times out (gloo: 30 s).
   return ["--config", str(ROOT / "configs" / "tiny_acformer_stage2.py"), "--workdir", str(workdir),
           "--config.data.builder=acformer_demo/qa_tiny", f"--config.data.data_dir={tfds_dir}",
-          f"--config.data.tokenizer_path={tok_dir}", "--config.data.max_length=128",
+          f"--config.data.tokenizer_path={tok_dir}", "--config.data.packing=False",
+          "--config.data.max_length=128", "--config.data.max_images_per_row=1",
           "--config.data.num_workers=1", "--config.init.allow_random=True",
           "--config.train.global_batch_size=8", f"--config.train.steps={STEPS}",
           "--config.train.log_every=1", "--config.train.progress_bar=False",

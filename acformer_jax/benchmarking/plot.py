@@ -14,18 +14,6 @@ import pathlib
 from typing import Dict
 
 
-def add_arguments(p) -> None:
-  p.add_argument("--speed", required=True, help="JSON written by `bench speed --json FILE`")
-  p.add_argument("--accuracy", default=None, help="JSON: {connector: accuracy} or a list")
-  p.add_argument("--score", action="append", default=[], metavar="CONNECTOR=FILE",
-                 help="an `evaluate score` output for one connector (repeatable)")
-  p.add_argument("--metric", default="accuracy", help="metric read from --score files")
-  p.add_argument("--out", required=True, help="output PNG")
-  p.add_argument("--title", default="Accuracy vs training step time")
-  p.add_argument("--ylabel", default="accuracy")
-  p.add_argument("--json", default=None, metavar="FILE", help="also print/write the JSON result")
-
-
 def _read_json(path, what: str):
   p = pathlib.Path(path)
   if not p.is_file():
@@ -50,6 +38,10 @@ def accuracies(raw) -> Dict[str, float]:
 
 
 def run(args) -> Dict:
+  """``args``: ``speed``, ``accuracy``, ``score``, ``metric``, ``out``, ``title``, ``ylabel``
+  (the ``bench`` flags)."""
+  if not args.speed or not args.out:
+    raise ValueError("plot needs --speed and --out")
   speed = _read_json(args.speed, "--speed")
   if speed.get("command") != "speed" or "connectors" not in speed:
     raise ValueError(f"--speed {args.speed}: not a `bench speed --json` result")

@@ -35,17 +35,6 @@ PRESETS = {
 }
 
 
-def add_arguments(p) -> None:
-  p.add_argument("--preset", choices=sorted(PRESETS), default="small")
-  p.add_argument("--reps", type=int, default=5, help="timed repetitions (train step)")
-  p.add_argument("--decode-reps", type=int, default=3, help="timed repetitions (generate)")
-  p.add_argument("--decode-batches", default="1,8", help="generation batch sizes")
-  p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
-  p.add_argument("--json", default=None, metavar="FILE", help="also print/write the JSON result")
-  p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
-                 help="before each timed run wait up to S seconds for a quiet machine")
-
-
 def hf_model(pr: Dict, seed: int = 0):
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
@@ -161,7 +150,7 @@ def run(args) -> Dict:
   theirs = _torch_train_step(hf, ids, labels, pixels, head="supervised")
   stock = _torch_train_step(hf, ids, labels, pixels, head="all")
   res = timing.interleaved({"jax_train": ours.run, "torch_train": theirs, "torch_stock": stock},
-                           reps=args.reps, warmup=1, log=log, quiet_wait_s=args.quiet_wait)
+                           reps=5 if args.reps is None else int(args.reps), warmup=1, log=log, quiet_wait_s=args.quiet_wait)
   med = {k: v["median_s"] for k, v in res.items()}
   out = {"command": "torch", "preset": args.preset, "torch_threads": torch.get_num_threads(),
          "params": int(sum(p.numel() for p in hf.parameters())), "max_logit_diff": diff,

@@ -33,7 +33,7 @@ from acformer_jax.trainer import evaluation
 from acformer_jax.trainer import flops as flops_lib
 from acformer_jax.trainer import initialize, metrics as metrics_lib, pretrained
 from acformer_jax.trainer import state as state_lib
-from acformer_jax.trainer.validate import ConfigError, validate
+from acformer_jax.trainer.validate import ConfigError, validate  # noqa: F401  (loop.validate)
 
 logger = logging.getLogger("acformer_jax.trainer.loop")
 

@@ -3,7 +3,10 @@
 Spec: ``jax_practices.md`` item 10 (tokens/s and MFU logged every N steps). Scalars written:
 ``train/loss``, ``train/lr``, ``train/grad_norm``, ``train/token_accuracy``,
 ``perf/tokens_per_s``, ``perf/step_time_s``, ``perf/mfu``, ``perf/tflops_per_s``,
-``data/skipped_total`` and ``data/skipped/<reason>``, ``data/truncated``.
+``data/skipped_total`` and ``data/skipped/<reason>``, ``data/truncated``, and the packing
+efficiency of ``DataIterator.stats()``: ``data/token_efficiency`` / ``data/image_efficiency``
+(real tokens / token slots, real images / image slots since the start) and their
+``data/last_*`` values for the last batch, ``data/last_samples_per_row``.
 """
 from __future__ import annotations
 
@@ -58,9 +61,13 @@ class MetricsWriter:
 
 
 def data_scalars(stats: Mapping[str, Any]) -> Dict[str, float]:
-  """Skip/truncation counters of ``DataIterator.stats()`` as scalars."""
+  """Skip/truncation counters and packing efficiency of ``DataIterator.stats()`` as scalars."""
   out = {"data/skipped_total": float(stats.get("skipped_total", 0)),
          "data/truncated": float(stats.get("truncated", 0))}
+  for k in ("token_efficiency", "image_efficiency", "last_token_efficiency",
+            "last_image_efficiency", "last_samples_per_row"):
+    if k in stats:
+      out[f"data/{k}"] = float(stats[k])
   for reason, n in sorted((stats.get("skipped") or {}).items()):
     out[f"data/skipped/{reason}"] = float(n)
   return out

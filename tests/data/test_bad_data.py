@@ -26,7 +26,7 @@ def _run(cfg, tok):
   it = make_train_iterator(cfg, tok, MODEL, 0, 1, seed=3, with_index=True)
   rows = {}
   for batch in it:
-    for b, idx in enumerate(batch["sample_index"]):
+    for b, idx in enumerate(batch["sample_index"][:, 0]):  # unpacked: one sample per row
       if idx >= 0:
         sid = it._source[int(idx)]["id"].decode()  # pylint: disable=protected-access
         assert sid not in rows
@@ -58,11 +58,11 @@ def test_bad_samples_skipped_and_counted(llava_instruct_folder, tokenizer_dir, t
     n = len(ref.input_ids)
     np.testing.assert_array_equal(row["input_ids"][:n], ref.input_ids)
     np.testing.assert_array_equal(row["labels"][:n], ref.labels)
-    assert row["attention_mask"].sum() == n and (row["labels"][n:] == -100).all()
+    assert (row["segment_ids"] > 0).sum() == n and (row["labels"][n:] == -100).all()
     np.testing.assert_array_equal(row["positions"][:n], np.arange(n))
-    assert bool(row["has_image"]) == has_image
+    assert row["image_mask"].tolist() == [has_image]
     if has_image:
       img = preprocess_image(str(root / e["image"]), 28, pad_to_square=True)
-      np.testing.assert_array_equal(row["images"], img)
+      np.testing.assert_array_equal(row["images"][0], img)
     else:
       assert not row["images"].any()

@@ -31,7 +31,7 @@ def test_two_hosts_are_disjoint_and_cover_the_epoch(demo_data_dir, tokenizer_dir
     it = make_train_iterator(cfg, tok, MODEL, host, 2, seed=11, with_index=True)
     batches = list(it)
     assert all(b["input_ids"].shape == (4, 192) for b in batches)  # local batch = 8 / 2
-    idx = np.concatenate([b["sample_index"] for b in batches])
+    idx = np.concatenate([b["sample_index"][:, 0] for b in batches])  # one sample per row
     idx = idx[idx >= 0]
     per_host.append(idx)
     seen.append(set(idx.tolist()))
@@ -49,15 +49,19 @@ def test_batch_format_and_determinism(demo_data_dir, tokenizer_dir):
   b = make_train_iterator(_demo_cfg(demo_data_dir), tok, MODEL, 0, 1, seed=5)
   c = make_train_iterator(_demo_cfg(demo_data_dir), tok, MODEL, 0, 1, seed=6)
   x, y, z = next(a), next(b), next(c)
-  want = {"images": ((8, 56, 56, 3), np.float32), "input_ids": ((8, 192), np.int32),
-          "labels": ((8, 192), np.int32), "attention_mask": ((8, 192), np.int32),
-          "positions": ((8, 192), np.int32), "has_image": ((8,), np.bool_)}
+  want = {"images": ((8, 1, 56, 56, 3), np.float32), "image_mask": ((8, 1), np.bool_),
+          "input_ids": ((8, 192), np.int32), "labels": ((8, 192), np.int32),
+          "segment_ids": ((8, 192), np.int32), "positions": ((8, 192), np.int32)}
   assert {k: (v.shape, v.dtype) for k, v in x.items()} == want
   for k in x:
     np.testing.assert_array_equal(x[k], y[k])
   assert not np.array_equal(x["input_ids"], z["input_ids"])
-  assert x["has_image"].all() and ((x["input_ids"] == 32000).sum(1) == 5).all()
-  assert ((x["labels"] != -100) <= (x["attention_mask"] == 1)).all()
+  assert x["image_mask"].all() and ((x["input_ids"] == 32000).sum(1) == 5).all()
+  assert ((x["labels"] != -100) <= (x["segment_ids"] == 1)).all()
+  assert set(np.unique(x["segment_ids"])) == {0, 1}  # unpacked: one sample per row
+  n = (x["segment_ids"] > 0).sum(1)
+  for r in range(8):
+    np.testing.assert_array_equal(x["positions"][r, :n[r]], np.arange(n[r]))
   for it in (a, b, c):
     it.close()
 
@@ -128,6 +132,6 @@ def test_group_by_length_through_the_iterator(llava_instruct_folder, tokenizer_d
          "global_batch_size": 2, "image_size": 28, "group_by_length": True, "num_epochs": 1,
          "drop_remainder": False}
   it = make_train_iterator(cfg, load_tokenizer(tokenizer_dir), MODEL, 0, 1, seed=0, with_index=True)
-  idx = np.concatenate([b["sample_index"] for b in it])
+  idx = np.concatenate([b["sample_index"][:, 0] for b in it])
   assert sorted(idx[idx >= 0].tolist()) == sorted(
       i for i in range(len(it._source)) if it._source[i]["id"].decode().startswith("good"))  # pylint: disable=protected-access

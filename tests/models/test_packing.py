@@ -85,9 +85,10 @@ def test_packed_loss_and_gradients_equal_unpacked(connector):
     assert np.abs(a - b).max() <= 1e-5 * scale, (key, np.abs(a - b).max() / scale)
 
 
-@pytest.mark.parametrize("connector", ["acformer", "mlp2x_gelu"])
-def test_changing_one_sample_leaves_the_others_bit_identical(connector):
-  model, nv = _model(connector)
+def test_changing_one_sample_leaves_the_others_bit_identical():
+  """AcFormer (its anchors come from each image's own attention); also: the pixels of unused
+  image slots are never read."""
+  model, nv = _model("acformer")
   samples = _samples(nv, seed=3)
   _, packed = _batches(samples)
   params = model.init(jax.random.key(2), packed["images"], packed["input_ids"])["params"]
@@ -109,16 +110,6 @@ def test_changing_one_sample_leaves_the_others_bit_identical(connector):
     others = seg > 0  # every token of every other sample (padding logits are never read)
     others[0] &= ~where
     np.testing.assert_array_equal(got[others], ref[others])
-
-
-def test_padding_image_slots_are_never_read():
-  model, nv = _model("acformer")
-  _, packed = _batches(_samples(nv, seed=5))
-  params = model.init(jax.random.key(4), packed["images"], packed["input_ids"])["params"]
-  fwd = jax.jit(lambda b: model.apply({"params": params}, b["images"], b["input_ids"],
-                                      positions=b["positions"], segment_ids=b["segment_ids"],
-                                      image_mask=b["image_mask"]))
-  ref = np.asarray(fwd(packed))
   noisy = dict(packed, images=np.where(packed["image_mask"][:, :, None, None, None],
                                        packed["images"], 9.0).astype(np.float32))
   assert not packed["image_mask"].all()

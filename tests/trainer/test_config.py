@@ -27,10 +27,10 @@ def _load(path: pathlib.Path):
 
 
 @pytest.mark.parametrize("name,args,devices", [
-    ("vicuna7b_stage1", ("acformer64", "acformer144", "acformer256", "mlp2x_gelu"), 32),
-    ("vicuna7b_stage2", ("acformer64", "acformer144", "acformer256", "mlp2x_gelu"), 32),
-    ("vicuna13b_stage1", ("acformer144", "mlp2x_gelu"), 64),
-    ("vicuna13b_stage2", ("acformer144", "mlp2x_gelu"), 64),
+    ("vicuna7b_stage1", ("acformer64", "acformer144", "acformer256", "mlp2x_gelu"), 16),
+    ("vicuna7b_stage2", ("acformer64", "acformer144", "acformer256", "mlp2x_gelu"), 16),
+    ("vicuna13b_stage1", ("acformer144", "mlp2x_gelu"), 16),
+    ("vicuna13b_stage2", ("acformer144", "mlp2x_gelu"), 16),
     ("tiny_acformer_stage1", (None,), 8), ("tiny_acformer_stage2", (None,), 8),
     ("tiny_mlp", ("stage1", "stage2"), 8),
 ])
@@ -46,8 +46,14 @@ def test_every_config_validates_with_its_recipe(name, args, devices):
     assert c.data.template == ("plain" if stage == 1 else "vicuna_v1")
     assert c.data.global_batch_size == c.train.global_batch_size
     if name.startswith("vicuna"):
-      assert (c.train.optimizer.lr, c.train.global_batch_size) == ((1e-3, 256) if stage == 1 else
-                                                                   (2e-5, 128))
+      # Packed 2048-token rows; the global batch counts rows, ~LLaVA's samples per step.
+      m, rows, per_row = experiment.PACKING[(stage, arg)]
+      assert c.data.packing and c.data.max_length == 2048 and c.data.max_images_per_row == m
+      assert c.train.global_batch_size == rows and rows % 16 == 0
+      llava = 256 if stage == 1 else 128
+      assert llava / 1.5 < rows * per_row < llava * 1.5
+      assert c.train.steps == math.ceil(experiment.EPOCH_SAMPLES[stage] / round(rows * per_row))
+      assert c.train.optimizer.lr == (1e-3 if stage == 1 else 2e-5)
       assert c.train.optimizer.warmup_ratio == 0.03 and c.train.optimizer.clip_norm == 1.0
       assert mc.llm.hidden_size == (4096 if "7b" in name else 5120)
       if arg.startswith("acformer"):
@@ -149,6 +155,30 @@ def test_flops_formulas_match_xla_counts():
   s1 = flops.train_step_flops(mc, 4, t, llm_trainable=False)
   assert s2.llm == pytest.approx(4 * (3 * w + 3 * a)) and s1.llm == pytest.approx(4 * (2 * w + 3 * a))
   assert s1.vit == s2.vit == 4 * flops.vit_forward_flops(v)
+
+
+def test_real_flops_of_a_packed_row_are_its_samples_flops():
+  mc = C.ModelConfig(llm=C.LLMConfig(num_layers=2))
+  for trainable in (True, False):
+    one = [flops.train_step_flops(mc, 1, n, llm_trainable=trainable, images_per_row=k)
+           for n, k in ((700, 1), (300, 0), (900, 1))]
+    real = flops.real_step_flops(mc, tokens=1900, images=2, attention_pairs=700 ** 2 + 300 ** 2 + 900 ** 2,
+                                 head_tokens=1900, llm_trainable=trainable)
+    assert real.total == pytest.approx(sum(f.total for f in one), rel=1e-12)
+    assert real.vit == 2 * flops.vit_forward_flops(mc.vision)
+    # Padded: the whole 2048-row as one sequence, and every one of its 3 image slots.
+    pad = flops.train_step_flops(mc, 1, 2048, llm_trainable=trainable, images_per_row=3)
+    assert pad.vit == 3 * flops.vit_forward_flops(mc.vision) and pad.total > real.total
+
+
+@pytest.mark.parametrize("stage,preset", [(2, "mlp2x_gelu"), (1, "mlp2x_gelu")])
+def test_recipe_images_per_row_come_from_the_length_profile(stage, preset):
+  from acformer_jax.benchmarking import length_profile  # pylint: disable=import-outside-toplevel
+  mc = C.ModelConfig(vision=experiment.clip_vit_l336(), llm=experiment.vicuna("7b"),
+                     connector=C.ConnectorConfig(**experiment.CONNECTOR_PRESETS[preset]))
+  m, stats = length_profile.choose_images_per_row(mc, stage, samples=3000)
+  want_m, _, per_row = experiment.PACKING[(stage, preset)]
+  assert m == want_m and stats["samples_per_row"] == pytest.approx(per_row, rel=0.05)
 
 
 def test_peak_table():

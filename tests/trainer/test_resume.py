@@ -1,6 +1,7 @@
-"""The main job on the real data pipeline (jax_practices.md items 5-6, 14): a run killed with
-SIGKILL and resumed ends bit-identical to an uninterrupted run (same data order), and the
-NaN guard halts with the last good checkpoint as the newest one."""
+"""The main job on the real data pipeline (jax_practices.md items 5-6, 14): a packed run
+(issue #13: several samples per row, the packer's carried-over buffer in the checkpoint)
+killed with SIGKILL and resumed ends bit-identical to an uninterrupted run (same data order),
+and the NaN guard halts with the last good checkpoint as the newest one."""
 import os
 import pathlib
 import signal
@@ -18,6 +19,14 @@ from tests.trainer import tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS, EVERY = 8, 3
+# qa_tiny samples are 108-143 tokens here: two per 256-token row, a small look-ahead buffer.
+PACKED = {"packing": True, "max_length": 256, "max_images_per_row": 2, "packing_lookahead": 4}
+
+
+def packed_config(data_dir, tok, **kw):
+  c = tiny.experiment_config(data_dir, tok, **kw)
+  c.data.update(PACKED)
+  return c
 
 
 def _final(workdir, config):
@@ -34,14 +43,16 @@ def _assert_bit_identical(a, b):
 
 def test_sigkill_and_resume_is_bit_identical(demo, tmp_path):
   data_dir, tok = demo
-  config = tiny.experiment_config(data_dir, tok, steps=STEPS, every=EVERY)
+  config = packed_config(data_dir, tok, steps=STEPS, every=EVERY)
   ref = loop.run(config, tmp_path / "ref")  # uninterrupted; also fills the compile cache
   assert ref["status"] == "completed" and ref["step"] == STEPS
+  assert ref["data"]["token_efficiency"] > 0.6 and ref["data"]["last_samples_per_row"] > 1.2
 
   cfg_file = tmp_path / "cfg.py"
   cfg_file.write_text(
       "from tests.trainer import tiny\n\n\ndef get_config():\n"
-      f"  return tiny.experiment_config({str(data_dir)!r}, {str(tok)!r}, steps={STEPS}, every={EVERY})\n")
+      f"  c = tiny.experiment_config({str(data_dir)!r}, {str(tok)!r}, steps={STEPS}, every={EVERY})\n"
+      f"  c.data.update({PACKED!r})\n  return c\n")
   work = tmp_path / "killed"
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DEFAULT_MATMUL_PRECISION="highest",
              PYTHONPATH=str(ROOT))
@@ -59,7 +70,8 @@ def test_sigkill_and_resume_is_bit_identical(demo, tmp_path):
   _, err = proc.communicate(timeout=60)
   assert proc.returncode == -signal.SIGKILL, err.decode()[-3000:]
   store = ckpt_lib.CheckpointStore(work / "checkpoints", save_every=EVERY, keep=10)
-  assert store.latest_step() is not None and store.latest_step() < STEPS
+  killed_at = store.latest_step()
+  assert killed_at is not None and killed_at < STEPS
   store.close()
 
   resumed = loop.run(config, work)
@@ -69,6 +81,10 @@ def test_sigkill_and_resume_is_bit_identical(demo, tmp_path):
   assert step_a == step_b == STEPS
   _assert_bit_identical(state_b, state_a)
   assert data_a == data_b
+  saved = ckpt_lib.CheckpointStore(work / "checkpoints", save_every=EVERY, keep=10).restore(
+      killed_at, loop.build(config).abstract_state)
+  assert ckpt_lib.data_state_for_this_process(saved.data_state)["carried"], \
+      "the packer carried nothing over at the resumed step: the buffer was not exercised"
 
 
 def test_nan_guard_halts_and_keeps_the_last_good_checkpoint(demo, tmp_path):
