@@ -8,6 +8,7 @@ trainable patterns and the init sources.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import List, Optional, Sequence
 
@@ -21,7 +22,11 @@ from acformer_jax.trainer import experiment
 logger = logging.getLogger("acformer_jax.trainer.validate")
 
 
-_OPTIONAL = ("head_dim", "rope_scaling")  # model fields whose None is a value
+# Model fields whose None is a value (their dataclass default is None: head_dim,
+# rope_scaling, sliding_window, ...), not "unset".
+_OPTIONAL = frozenset(f.name for cls in (config_lib.VisionConfig, config_lib.LLMConfig,
+                                         config_lib.ConnectorConfig)
+                      for f in dataclasses.fields(cls) if f.default is None)
 
 
 class ConfigError(ValueError):
