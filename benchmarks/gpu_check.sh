@@ -6,6 +6,7 @@
 # ~1-2 min, timing < 1 min).
 #   benchmarks/gpu_check.sh [OUT_DIR]     (run from the repository root)
 set -euo pipefail
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then sed -n 2,7p "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 OUT=${1:-${OUT:-/tmp/gpu_check}}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/nvidia_smi.csv"
