@@ -10,7 +10,7 @@ transformers Llava directory or a transformers CLIP directory. Writes to ``--out
 norms over the patch grid), ``cls_attention_maps.png`` (per-layer head-averaged CLS
 attention), ``cls_attention_heads.png`` (per-head CLS attention of the selection layer),
 ``norm_profile.png``, ``pca.png`` (PCA of the selection layer's patch features),
-``anchors.png`` (the anchors of ``acformer.md`` 1.3 for each budget, over the image) and
+``anchors.png`` (the anchors of ``docs/method.md`` 1.3 for each budget, over the image) and
 ``summary.json`` (per-layer high-norm tokens; overlap of anchors and high-norm tokens).
 Budgets that do not fit the model's grid are scaled to the same fraction of the grid
 (see ``analysis.stats.budgets_for``). Patch indices are 0-based, row-major.

@@ -14,7 +14,7 @@ and the MFU the padded step would reach at ``--step_time_s``. Exit status: 0 fit
 config / flags. ``--topology`` defaults to ``config.recommended_topology``.
 
 Needs libtpu (the ``.venv-tpu`` environment: ``launch/setup_tpu_aot.sh``); see docs/aot.md.
-Spec: ``aot_tpu.md`` sections 2-3 and 5, ``jax_practices.md`` items 3, 10 and 14.
+Spec: ``docs/aot_tpu.md`` sections 2-3 and 5, ``docs/jax_practices.md`` items 3, 10 and 14.
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 libtpu's topology descriptions give compile-only TPU devices; a Mesh over them lets
 ``jit(...).lower(abstract args).compile()`` report per-chip memory and real compile-time
-HBM OOMs. Spec: ``aot_tpu.md`` (all sections; names in section 2, env vars in "Env vars",
-memory formula and FLOP caveats in section 3) and ``jax_practices.md`` item 14.
+HBM OOMs. Spec: ``docs/aot_tpu.md`` (all sections; names in section 2, env vars in "Env vars",
+memory formula and FLOP caveats in section 3) and ``docs/jax_practices.md`` item 14.
 
 libtpu is an optional extra (``jax[tpu]==<jax version>``; jax 0.10.2 pins libtpu
 0.0.42.*): everything here except ``topology_devices`` / ``get_topology_mesh`` works
@@ -98,7 +98,7 @@ class Topology:
 
 def parse_topology(name: str, num_slices: int = 1) -> Topology:
   """Maps ``v4-N``, ``v5p-N`` (N = TensorCores, 2 per chip), ``v5e-N`` / ``v5litepod-N``
-  and ``v6e-N`` (N = chips) to a libtpu topology (aot_tpu.md section 2)."""
+  and ``v6e-N`` (N = chips) to a libtpu topology (docs/aot_tpu.md section 2)."""
   m = re.fullmatch(r"(v4|v5p|v5e|v5litepod|v6e)-(\d+)", name.strip().lower())
   if not m:
     raise ValueError(f"unknown TPU topology {name!r}: expected v4-N, v5p-N, v5e-N (or v5litepod-N) "
@@ -133,7 +133,7 @@ def _on_tpu_vm() -> bool:
 
 
 def _prepare_compile_only_env(topo: Topology) -> None:
-  """Env for loading libtpu on a CPU box ("Env vars" table of aot_tpu.md)."""
+  """Env for loading libtpu on a CPU box ("Env vars" table of docs/aot_tpu.md)."""
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # parallel compiles / tests
   if not _on_tpu_vm():  # these only silence log noise; never override a real TPU VM's values
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
@@ -192,7 +192,7 @@ def mfu(flops_per_step: float, step_time_s: float, num_chips: int, peak_flops_pe
 
 def transformer_flops(matmul_params: float, num_layers: int, attn_dim: int, seq_len: int,
                       num_sequences: int, *, causal: bool = True, backward: bool = True) -> float:
-  """Analytic model FLOPs of a transformer pass (aot_tpu.md section 3: use these, not
+  """Analytic model FLOPs of a transformer pass (docs/aot_tpu.md section 3: use these, not
   ``cost_analysis()``, which counts a scanned body once and undercounts on TPU).
 
   ``2 * params * tokens`` for the matmuls plus ``4 * seq^2 * attn_dim`` per layer and

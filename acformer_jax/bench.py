@@ -11,8 +11,8 @@ Usage::
 
 Connectors are presets (``mlp2x_gelu``, ``acformer64/144/256``), types (``acformer`` keeps
 the config's budget) or ``type:K``. With ``--json`` the last stdout line is the result as one
-JSON object (also written to FILE unless FILE is ``-``). Spec: ``acformer.md`` 1.7,
-``environment.md`` 4-5. See docs/performance.md.
+JSON object (also written to FILE unless FILE is ``-``). Spec: ``docs/method.md`` 1.7,
+``docs/environment.md`` 4-5. See docs/performance.md.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ MFU_COLS = (("connector", "connector", "{}"), ("step s", "step_s", "{:.3f}"),
             ("MFU paired", "mfu_paired_median", "{:.1%}"))
 
 
-# XLA:CPU flags of ``bench torch`` (docs/performance.md, "CPU tuning"): on that model (a
+# XLA:CPU flags of ``bench torch`` (docs/performance.md, "What makes our side fast"): on that model (a
 # 32k vocabulary, 8 heads of 64) XLA's YNNPACK fusions of matmuls with their elementwise
 # neighbours are slower than plain matmuls followed by XLA's own fusions (about 5% on the
 # train step, 9% on batch-8 decoding), so they are turned off. ``speed`` and ``mfu`` keep

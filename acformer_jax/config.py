@@ -2,7 +2,7 @@
 
 Experiment files in ``configs/`` are ml_collections ``ConfigDict``s; their ``model``
 field is turned into a :class:`ModelConfig` with :func:`model_config_from_dict`.
-Spec: ``acformer.md`` section 3 (model numbers) and 1.7 (visual token counts).
+Spec: ``docs/method.md`` section 3 (model numbers) and 1.7 (visual token counts).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional, Tuple
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
-  """Vision tower (spec 3.2). Defaults: CLIP ViT-L/14-336.
+  """Vision tower (docs/method.md 3.2). Defaults: CLIP ViT-L/14-336.
 
   ``tower`` names the entry of the tower registry (``models/towers.py``: clip, siglip,
   siglip2, dinov2) that builds, converts and counts this tower; the last five fields are
@@ -55,7 +55,7 @@ class VisionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LLMConfig:
-  """The shared pre-norm decoder (spec 3.1). Defaults: Vicuna-7B v1.5.
+  """The shared pre-norm decoder (docs/method.md 3.1). Defaults: Vicuna-7B v1.5.
 
   ``family`` names the entry of ``models/registry.py`` (llama, llama3, qwen2, mistral,
   gemma, ...) that maps it from/to HF, counts its FLOPs and gives its chat template. The
@@ -92,7 +92,7 @@ class LLMConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ConnectorConfig:
-  """Vision-language connector (spec 1.4-1.5, 1.8).
+  """Vision-language connector (docs/method.md 1.4-1.5, 1.8).
 
   ``type`` names an entry of the connector registry (``models/connectors.py``).
   ``num_queries`` is the visual-token budget K: 64/144/256 give 65/145/257 tokens for
@@ -161,7 +161,7 @@ def model_config_to_dict(cfg: ModelConfig) -> dict:
 
 
 def num_visual_tokens(cfg: ModelConfig) -> int:
-  """Visual tokens the connector emits into the LLM sequence (spec 1.7, 1.8): the
+  """Visual tokens the connector emits into the LLM sequence (docs/method.md 1.7, 1.8): the
   connector registry's count for ``connector.type`` (``models/connectors.py``)."""
   from acformer_jax.models import connectors  # pylint: disable=import-outside-toplevel
   return connectors.connector(cfg.connector.type).tokens(cfg)

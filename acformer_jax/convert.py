@@ -18,7 +18,7 @@ The output (``model_config.json``, Orbax ``params/``, ``tokenizer/``) is what ``
 loading, a short forward pass is compared with PyTorch (``--skip_check`` skips it; it is
 skipped automatically when a float32 PyTorch copy would not fit in RAM). Exit status 1
 and no output directory on bad input or a failed check. Several processes (``jax.distributed``
-flags) each read only the shards their devices hold. Spec: ``jax_practices.md`` 7-8.
+flags) each read only the shards their devices hold. Spec: ``docs/jax_practices.md`` 7-8.
 """
 from __future__ import annotations
 

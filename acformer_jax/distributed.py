@@ -1,8 +1,8 @@
 """Multi-process start-up: ``jax.distributed`` with a deadline and a host check.
 
-Spec: ``jax_practices.md`` "What acformer_jax should adopt" items 2, 5, 6, 14 and the
+Spec: ``docs/jax_practices.md`` "What acformer_jax should adopt" items 2, 5, 6, 14 and the
 multi-host start-up pain points of section 9.4 (a missing host must not hang the job);
-``environment.md`` section 3 (several CPU processes on one machine with gloo).
+``docs/environment.md`` section 3 (several CPU processes on one machine with gloo).
 
 Settings come from, in order: explicit arguments, absl flags (``define_flags``), then
 environment variables (``ACFORMER_COORDINATOR``, ``ACFORMER_NUM_PROCESSES``,
@@ -172,7 +172,7 @@ def _configure_cpu(s: Settings, distributed: bool) -> None:
   import jax
   from jax._src import xla_bridge
   if distributed:
-    # Cross-process CPU collectives (environment.md section 3); only affects the CPU client.
+    # Cross-process CPU collectives (docs/environment.md section 3); only affects the CPU client.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if s.local_device_count is None:
     return

@@ -1,4 +1,4 @@
-"""Evaluation CLI: answer LLaVA-1.5 benchmarks and score them as LLaVA-1.5 does (`eval.md`).
+"""Evaluation CLI: answer LLaVA-1.5 benchmarks and score them as LLaVA-1.5 does (`docs/benchmarks.md`).
 
   python -m acformer_jax.evaluate score --benchmark pope --answers A.jsonl --data DIR [--json]
   python -m acformer_jax.evaluate run --checkpoint CKPT --benchmark pope \\

@@ -8,7 +8,7 @@ Orbax ``params/``). ``hf-llava`` writes a directory ``LlavaForConditionalGenerat
 .from_pretrained`` loads (``--layout`` legacy | transformers5 | current; default: the
 layout it was converted from, else legacy); ``llava`` / ``acformer`` write the original
 key layout with the CLIP tower in ``vision_tower/``. Safetensors shards (``--max_shard_size``)
-+ index + config + tokenizer files. Spec: ``jax_practices.md`` item 7, section 9.8.
++ index + config + tokenizer files. Spec: ``docs/jax_practices.md`` item 7, section 9.8.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Generate answers about one image from the command line (``eval.md`` 1 prompt protocol).
+"""Generate answers about one image from the command line (``docs/benchmarks.md`` 1 prompt protocol).
 
   python -m acformer_jax.generate --checkpoint DIR --image PATH --prompt "What is this?"
   python -m acformer_jax.generate --checkpoint DIR --image PATH --interactive < questions.txt

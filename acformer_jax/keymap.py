@@ -3,7 +3,7 @@
 The generic machinery (no model knowledge): conversion, the LLM family registry and
 the tower registries build their maps from it.
 
-Spec: ``jax_practices.md`` item 7, ``acformer.md`` 2.9 (key names, conversion notes).
+Spec: ``docs/jax_practices.md`` item 7, ``docs/method.md`` 2.9 (key names, conversion notes).
 
 A map is declared as tables of :class:`Rule` (HF key pattern -> our path + transform);
 per-layer rules use ``{i}`` for the HF layer index and are expanded into

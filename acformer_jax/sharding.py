@@ -4,7 +4,7 @@ Model code names logical axes only (``nn.with_logical_partitioning`` on paramete
 ``nn.with_logical_constraint`` on activations). This table is the only place that
 knows about the mesh axes ``(data, fsdp, tensor)``; unused axes have size 1, so the
 same table serves pure data parallel, FSDP, tensor parallel and their mixes.
-Spec: ``jax_practices.md``, "What acformer_jax should adopt", items 1-3.
+Spec: ``docs/jax_practices.md``, "What acformer_jax should adopt", items 1-3.
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def make_mesh(shape: Sequence[int], dcn_shape: Sequence[int] = (1, 1, 1), device
   """The one mesh constructor: ``(data, fsdp, tensor)``, Auto axis types.
 
   ``shape`` is per slice (one entry may be -1, "the rest"), ``dcn_shape`` across slices; each
-  axis has size ``ici * dcn`` (``jax_practices.md`` item 2). One slice: ``jax.make_mesh`` for
+  axis has size ``ici * dcn`` (``docs/jax_practices.md`` item 2). One slice: ``jax.make_mesh`` for
   all devices (topology-aware order on TPU), ``mesh_utils.create_device_mesh`` for a TPU
   device list (e.g. libtpu's compile-only devices), a plain reshape otherwise. Several
   slices: ``mesh_utils.create_hybrid_device_mesh`` (slices from ``device.slice_index``; on

@@ -8,7 +8,7 @@ argument, e.g. ``configs/vicuna7b_stage1.py:acformer144``); any field can be ove
 ``--config.<section>.<field>=value`` (``=None`` sets None). Re-running the same command resumes from the newest
 readable checkpoint in ``--workdir``. Exit status: 0 completed or preempted (a checkpoint
 was saved), 3 halted on a non-finite loss, 2 invalid config. See docs/training.md.
-Spec: ``acformer.md`` 2.1-2.2, ``jax_practices.md`` items 1-6, 9-10, 12-15.
+Spec: ``docs/method.md`` 2.1-2.2, ``docs/jax_practices.md`` items 1-6, 9-10, 12-15.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ tensor by tensor from a small pool of N(0, 0.02) values, so generation stays sma
 RAM. Then runs ``python -m acformer_jax.convert --format hf-llava`` with 1 process and
 with 2 processes (``jax.distributed`` on one machine, gloo, ``--devices`` CPU devices
 each) and prints each process's peak RSS (``ru_maxrss``: resident anonymous + mapped
-file pages) against the checkpoint size. Spec: ``jax_practices.md`` item 7 and 9.1;
+file pages) against the checkpoint size. Spec: ``docs/jax_practices.md`` item 7 and 9.1;
 the bars are 1.25x (1 process) and 0.7x per process (2 processes). The PyTorch
 self-check is skipped (a float32 torch copy of 7B needs 28 GB).
 """

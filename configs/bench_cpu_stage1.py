@@ -2,7 +2,7 @@
 
 ``python -m acformer_jax.bench speed --config configs/bench_cpu_stage1.py`` (docs/performance.md).
 
-The paper's speed column (``acformer.md`` 1.7) compares stage-1 step times of ViT-L/14-336 +
+The paper's speed column (``docs/method.md`` 1.7) compares stage-1 step times of ViT-L/14-336 +
 Vicuna-7B with 576 visual tokens (``mlp2x_gelu``) and 145 (AcFormer, K=144). What decides
 that ratio is how the step's FLOPs split between the frozen ViT (forward only), the trained
 connector and the frozen LLM (forward + input gradients) at each token count. With
@@ -22,7 +22,7 @@ towers and the trained connector (stage 1, AdamW). Scaled: widths (LLM 512, ViT 
 depths (LLM 12, ViT 2 computed blocks, resampler 1 block) and vocabulary (1536), so one
 ``mlp2x_gelu`` step is ~110 GFLOP (about 1-2 s on the 2-core CPU). The ViT has 4 heads,
 so an AcFormer budget K takes K/4 anchors per head (same token counts as 16 heads).
-Float32 (bf16 is unusable on this CPU, ``environment.md`` 4), no remat, layers under one scan.
+Float32 (bf16 is unusable on this CPU, ``docs/environment.md`` 4), no remat, layers under one scan.
 """
 from acformer_jax.trainer import experiment
 

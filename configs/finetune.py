@@ -1,4 +1,4 @@
-"""Fine-tune a checkpoint on your own LLaVA-format data (stage-2 recipe, ``acformer.md`` 2.2).
+"""Fine-tune a checkpoint on your own LLaVA-format data (stage-2 recipe, ``docs/method.md`` 2.2).
 
   python -m acformer_jax.train --config configs/finetune.py \\
       --config.init.from_pretrained=DIR --config.data.json_path=my.json \\

@@ -1,4 +1,4 @@
-"""Meta-Llama-3-8B-Instruct + CLIP ViT-L/14-336, stage 2 (visual instruction tuning, ``acformer.md`` 2.2).
+"""Meta-Llama-3-8B-Instruct + CLIP ViT-L/14-336, stage 2 (visual instruction tuning, ``docs/method.md`` 2.2).
 
 Argument: the connector preset (the stage-1 run's; default ``acformer144``). Connector + LLM
 train; recipe as ``vicuna7b_stage2.py`` (lr 2e-5, batch 128) with the llama3 family's chat

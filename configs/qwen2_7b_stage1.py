@@ -1,4 +1,4 @@
-"""Qwen2-7B-Instruct + CLIP ViT-L/14-336, stage 1 (feature alignment, ``acformer.md`` 2.1).
+"""Qwen2-7B-Instruct + CLIP ViT-L/14-336, stage 1 (feature alignment, ``docs/method.md`` 2.1).
 
 Argument: the connector preset (default ``acformer144``: AcFormer-145). Only the connector
 trains; recipe as ``vicuna7b_stage1.py`` (lr 1e-3, batch 256, ``plain`` template) with the

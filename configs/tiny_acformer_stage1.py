@@ -3,7 +3,7 @@
   python -m acformer_jax.train --config configs/tiny_acformer_stage1.py --workdir /tmp/tiny1 \
       --local_device_count=8 --config.data.data_dir=/tmp/tfds
 
-Recipe as ``acformer.md`` 2.1 (connector only, ``plain``, warmup 0.03 + cosine, clip 1.0) with
+Recipe as ``docs/method.md`` 2.1 (connector only, ``plain``, warmup 0.03 + cosine, clip 1.0) with
 the batch and step count scaled to the demo. The towers are random (nothing pretrained exists
 offline), so the LLM is frozen random here; stage 2 trains it.
 """

@@ -4,7 +4,7 @@
       --local_device_count=8 --config.data.data_dir=/tmp/tfds \
       --config.init.params_from=orbax:/tmp/tiny1
 
-Recipe as ``acformer.md`` 2.2 (connector + LLM, ViT frozen, ``vicuna_v1``, padded images)
+Recipe as ``docs/method.md`` 2.2 (connector + LLM, ViT frozen, ``vicuna_v1``, padded images)
 initialised from the stage-1 run (``init.params_from``: all three towers come from it). The
 learning rate is 1e-3 rather than LLaVA's 2e-5 because the tiny LLM starts from random
 weights, not from Vicuna. ``eval``: held-out demo accuracy at the end of the run

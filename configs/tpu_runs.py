@@ -3,7 +3,7 @@
 Each recipe (topology, mesh, rows per chip, remat policy) was compiled for its topology with
 ``python -m acformer_jax.aot`` and fits; the measured per-chip memory is in docs/aot.md. The
 model, data and optimizer settings come unchanged from ``configs/vicuna{7b,13b}_stage{1,2}.py``
-(LLaVA-1.5 recipe, ``acformer.md`` 2.1-2.2); only the parallelism fields are set here.
+(LLaVA-1.5 recipe, ``docs/method.md`` 2.1-2.2); only the parallelism fields are set here.
 
 Argument: ``<size>_stage<n>_<connector>``, size ``7b`` | ``13b``, connector ``acformer144``
 (AcFormer, 145 visual tokens), ``acformer256`` (257) or ``mlp2x_gelu`` (LLaVA-1.5, 576):

@@ -1,4 +1,4 @@
-"""Vicuna-13B v1.5 + CLIP ViT-L/14-336, stage 1 (``acformer.md`` 2.1); see ``vicuna7b_stage1.py``.
+"""Vicuna-13B v1.5 + CLIP ViT-L/14-336, stage 1 (``docs/method.md`` 2.1); see ``vicuna7b_stage1.py``.
 
 Argument: ``acformer64`` | ``acformer144`` (default) | ``acformer256`` | ``mlp2x_gelu``.
 Packed into 2048-token rows exactly as the 7B recipe (``experiment.PACKING``: the same

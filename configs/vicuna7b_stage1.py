@@ -1,4 +1,4 @@
-"""Vicuna-7B v1.5 + CLIP ViT-L/14-336, stage 1 (feature alignment, ``acformer.md`` 2.1).
+"""Vicuna-7B v1.5 + CLIP ViT-L/14-336, stage 1 (feature alignment, ``docs/method.md`` 2.1).
 
 Argument: the connector preset (``experiment.CONNECTOR_PRESETS``): ``<type><K>`` for
 every connector of the paper's Tables 3-4 -- acformer, pooling, pooling_pr, random_pr, pr,

@@ -1,4 +1,4 @@
-"""Vicuna-7B v1.5 + CLIP ViT-L/14-336, stage 2 (visual instruction tuning, ``acformer.md`` 2.2).
+"""Vicuna-7B v1.5 + CLIP ViT-L/14-336, stage 2 (visual instruction tuning, ``docs/method.md`` 2.2).
 
 Argument: the connector (as in ``vicuna7b_stage1.py``; use the stage-1 run's). Connector + LLM
 train, the ViT stays frozen (lr 2e-5, warmup 0.03 + cosine, 1 epoch of llava_v1_5_mix665k).

@@ -1,8 +1,8 @@
 # Shared helpers for the launch scripts (sourced, not run). See docs/launch.md.
-# Spec: jax_practices.md "What acformer_jax should adopt" items 9 and 14 (launch recipes and
+# Spec: docs/jax_practices.md "What acformer_jax should adopt" items 9 and 14 (launch recipes and
 # recommended XLA/libtpu flags per chip generation).
 
-# The project's jax pin; libtpu comes from its [tpu] extra (aot_tpu.md section 1).
+# The project's jax pin; libtpu comes from its [tpu] extra (docs/aot_tpu.md section 1).
 ACFORMER_JAX_VERSION="0.10.2"
 
 DRY_RUN=${DRY_RUN:-0}
@@ -48,7 +48,7 @@ run() {
   fi
 }
 
-# ---------------------------------------------------------------- TPU names (aot_tpu.md section 2)
+# ---------------------------------------------------------------- TPU names (docs/aot_tpu.md section 2)
 # User-facing names: v4-N and v5p-N count TensorCores (2 per chip, one JAX device per
 # chip); v5e-N (or v5litepod-N) and v6e-N count chips.
 

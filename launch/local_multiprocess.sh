@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run N processes of the same training command on this machine, each with its own
-# simulated CPU devices, joined by jax.distributed over gloo (environment.md section 3).
+# simulated CPU devices, joined by jax.distributed over gloo (docs/environment.md section 3).
 # This exercises the multi-host code paths (per-host data shards, global arrays, Orbax
 # from every process, host-0 logging) without a cluster.
 #

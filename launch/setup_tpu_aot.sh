@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv-tpu: the CPU-machine environment for ahead-of-time TPU compiles
 # (python -m acformer_jax.aot; docs/aot.md). It pins the project's jax with its [tpu] extra
-# (libtpu 0.0.42.x for jax 0.10.2, aot_tpu.md section 1) plus what the train step imports;
+# (libtpu 0.0.42.x for jax 0.10.2, docs/aot_tpu.md section 1) plus what the train step imports;
 # the main .venv stays untouched. Idempotent: re-running only reinstalls when the pins change.
 #
 # Usage: launch/setup_tpu_aot.sh [--dry-run] [-h|--help]

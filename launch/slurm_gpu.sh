@@ -3,7 +3,7 @@
 # node, process 0 (first node of the allocation) is the jax.distributed coordinator.
 #
 # Usage: launch/slurm_gpu.sh [options] [-- TRAIN_ARGS...]
-#   e.g. launch/slurm_gpu.sh --nodes 4 --partition a3 -- --config configs/<file>.py --workdir /shared/run1
+#   e.g. launch/slurm_gpu.sh --nodes 4 --partition a3 -- --config configs/<file>.py --workdir /nfs/run1
 #
 # Without --dry-run the batch script is written to LOG_DIR/<job-name>.sbatch and submitted
 # with sbatch (or run directly with --no-submit inside an existing allocation).

@@ -105,7 +105,7 @@ if (( NUM_SLICES == 1 )); then NODES=("$NAME"); else
 fi
 
 # Multi-slice: every slice gets the MEGASCALE_* variables libtpu uses to join slices over
-# DCN; slice 0's worker 0 is the coordinator (aot_tpu.md, jax_practices.md item 2).
+# DCN; slice 0's worker 0 is the coordinator (docs/aot_tpu.md, docs/jax_practices.md item 2).
 MEGASCALE=0; COORD=""
 node_env() {
   (( MEGASCALE )) || return 0

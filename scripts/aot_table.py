@@ -4,7 +4,7 @@
 
 One row per report: topology, mesh, rows per chip, remat, per-chip memory (arguments,
 temporaries, total against usable HBM), model FLOPs per step, the step time that 50% MFU
-would need, compile time and whether it fits. Spec: ``aot_tpu.md`` section 3.
+would need, compile time and whether it fits. Spec: ``docs/aot_tpu.md`` section 3.
 """
 import json
 import sys

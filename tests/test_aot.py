@@ -1,7 +1,7 @@
 """``python -m acformer_jax.aot``: the trainer's real train step compiled for TPU topologies on CPU.
 
-Spec: ``aot_tpu.md`` sections 2-3 (compile-only libtpu devices, per-chip memory, analytic
-FLOPs) and ``jax_practices.md`` item 14. The compile tests need libtpu in the running
+Spec: ``docs/aot_tpu.md`` sections 2-3 (compile-only libtpu devices, per-chip memory, analytic
+FLOPs) and ``docs/jax_practices.md`` item 14. The compile tests need libtpu in the running
 interpreter (the ``.venv-tpu`` environment, see docs/aot.md) and are skipped without it:
 
   JAX_PLATFORMS=cpu PYTHONPATH=. .venv-tpu/bin/python -m pytest -q tests/test_aot.py

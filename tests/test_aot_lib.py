@@ -1,4 +1,4 @@
-"""AOT topology plumbing (aot_tpu.md): names, report math, executables; libtpu parts if installed."""
+"""AOT topology plumbing (docs/aot_tpu.md): names, report math, executables; libtpu parts if installed."""
 import json
 
 import jax
@@ -56,7 +56,7 @@ def test_mfu_and_analytic_flops():
 
 
 def test_analytic_flops_match_xla_count_of_unrolled_cpu_step():
-  """aot_tpu.md section 3: take FLOPs analytically; check the formula against XLA's CPU count."""
+  """docs/aot_tpu.md section 3: take FLOPs analytically; check the formula against XLA's CPU count."""
   L, d, h, mlp, V, S, B = 2, 128, 4, 512, 256, 128, 2
 
   def loss(p, ids):

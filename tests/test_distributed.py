@@ -1,4 +1,4 @@
-"""Multi-process start-up on one machine (environment.md section 3; jax_practices.md 2, 5, 6, 14).
+"""Multi-process start-up on one machine (docs/environment.md section 3; docs/jax_practices.md 2, 5, 6, 14).
 
 The multi-process tests start real JAX processes (this file doubles as the worker
 script: ``python tests/test_distributed.py worker ...``) talking over gloo on free

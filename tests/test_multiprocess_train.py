@@ -1,8 +1,8 @@
 """A 2-process x 4-device CPU training run that is SIGKILLed and resumed equals a 1-process x 8-device run.
 
-Spec: ``jax_practices.md`` items 2, 5, 6 and 14 (multi-controller runs: per-host data shards,
+Spec: ``docs/jax_practices.md`` items 2, 5, 6 and 14 (multi-controller runs: per-host data shards,
 ``make_array_from_process_local_data``, Orbax from every process, resume after a kill) and
-``environment.md`` section 3 (several CPU processes with gloo). Everything is real: the
+``docs/environment.md`` section 3 (several CPU processes with gloo). Everything is real: the
 ``acformer_jax.train`` CLI, ``launch/local_multiprocess.sh``, the tfds demo builder, a
 SentencePiece tokenizer trained here, and Orbax checkpoints. The model is the tiny stage-2
 config (connector + LLM trained, 512-piece demo tokenizer) on 8-row batches, unpacked: with

@@ -1,5 +1,5 @@
 """Both towers initialised sharded on a (data, fsdp, tensor) = (2, 2, 2) mesh of 8 simulated
-CPU devices with the abstract-first pattern (jax_practices.md "adopt" items 1 and 3)."""
+CPU devices with the abstract-first pattern (docs/jax_practices.md "adopt" items 1 and 3)."""
 import functools
 
 import flax.linen as nn

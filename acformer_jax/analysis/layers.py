@@ -4,7 +4,7 @@
 layer, so this runs the same modules (``VisionEmbeddings``, ``pre_layrnorm``,
 ``VisionBlock``) block by block over the stacked parameters ``layers`` + ``unused_layers``
 in one ``lax.scan``. Output ``i`` equals HF ``hidden_states[i]`` / ``attentions[i-1]``
-(spec ``acformer.md`` 1.2, 2.8).
+(spec ``docs/method.md`` 1.2, 2.8).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Token statistics for the visual-anchor analysis (pure numpy; ``acformer.md`` 1.3).
+"""Token statistics for the visual-anchor analysis (pure numpy; ``docs/method.md`` 1.3).
 
 Patch indices are 0-based over the row-major patch grid (patch ``p`` is row ``p // g``,
 column ``p % g``, sequence position ``p + 1``). A token is *high-norm* at a layer when its

@@ -8,7 +8,7 @@ Two analytic numbers per step:
   decoder computes the dense ``T x T`` score matrix. This is what XLA's ``cost_analysis()``
   counts for the dots and convolutions, so it is the number to cross-check.
 
-XLA counts a ``lax.scan`` body once (``aot_tpu.md``, cost_analysis caveats), so the check
+XLA counts a ``lax.scan`` body once (``docs/aot_tpu.md``, cost_analysis caveats), so the check
 compiles the step with ``scan_layers=False`` (same parameters, unrolled layers). XLA's total
 also includes elementwise ops (norms, softmax, activations, the optimizer), which the
 analytic count ignores; on models whose widths are >= 128 they are a few percent.

@@ -1,4 +1,4 @@
-"""Dense matmul throughput of this machine, measured in-process (``environment.md`` 4).
+"""Dense matmul throughput of this machine, measured in-process (``docs/environment.md`` 4).
 
 The MFU denominator on CPU: XLA has no vendor peak table for the host, so the peak is the
 best rate of large square matmuls measured in the same process as the step (float32; bfloat16

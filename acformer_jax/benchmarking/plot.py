@@ -5,7 +5,7 @@ Inputs: a ``bench speed --json`` result (step times) and accuracies, from an acc
 and/or ``--score CONNECTOR=FILE`` pairs, where FILE is the output of ``python -m
 acformer_jax.evaluate score`` (its last line is the metrics JSON; ``--metric`` picks the
 number; default ``accuracy``, the demo benchmark's headline). Connectors are matched by
-the names used on the ``bench speed`` command line. Spec ``acformer.md`` 1.7.
+the names used on the ``bench speed`` command line. Spec ``docs/method.md`` 1.7.
 """
 from __future__ import annotations
 

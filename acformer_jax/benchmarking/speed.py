@@ -1,7 +1,7 @@
 """``bench speed`` and ``bench mfu``: the paper's speed claim and utilisation on this host.
 
-Spec: ``acformer.md`` 1.7 (speed = ratio of stage-1 step times at the same batch, warm-up
-excluded) and ``environment.md`` 4-5 (matmul peak measured in-process; quiet-machine caveat).
+Spec: ``docs/method.md`` 1.7 (speed = ratio of stage-1 step times at the same batch, warm-up
+excluded) and ``docs/environment.md`` 4-5 (matmul peak measured in-process; quiet-machine caveat).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Interleaved wall-clock timing with a foreign-load monitor (``environment.md`` 4-5).
+"""Interleaved wall-clock timing with a foreign-load monitor (``docs/environment.md`` 4-5).
 
 The machine may be shared: every timed repetition also records how many CPU cores
 *other* processes kept busy meanwhile (``/proc/stat`` busy time minus this process's own

@@ -4,7 +4,7 @@ One process builds a random ``LlavaForConditionalGeneration`` (sdpa attention, f
 saves it and converts it with ``acformer_jax.load_pretrained`` (identical weights; the
 logits are compared first), then times, interleaved: a full training step (forward,
 backward, global-norm clipping, AdamW; ViT frozen, projector + LLM trained, as LLaVA-1.5
-stage 2, spec ``acformer.md`` 2.2) of each, and greedy decoding (``max_new_tokens`` forced
+stage 2, spec ``docs/method.md`` 2.2) of each, and greedy decoding (``max_new_tokens`` forced
 with EOS disabled) with our ``inference.Engine`` against ``generate`` at each batch size.
 
 Same work on both sides is the headline: both compute the LM head and the loss on the
@@ -13,7 +13,7 @@ hidden states at those positions through ``lm_head``, the same mean cross-entrop
 stock transformers step (``labels=``, head on every position) is reported next to it,
 labelled as unequal work. Decode-only tokens/s = ``batch x (n - 1)`` new tokens over
 ``time(generate n) - time(generate 1)``: vision, prefill and the first token cancel out.
-Presets: ``small`` is the LLaVA step of ``environment.md`` section 4; ``tiny`` is for tests.
+Presets: ``small`` is the LLaVA step of ``docs/environment.md`` section 4; ``tiny`` is for tests.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from typing import Dict
 import numpy as np
 
 PRESETS = {
-    # environment.md 4: CLIP 336/14 (577 tokens), 256 wide, 4 layers, 4 heads, MLP 1024;
+    # docs/environment.md 4: CLIP 336/14 (577 tokens), 256 wide, 4 layers, 4 heads, MLP 1024;
     # LLaMA 512 wide, 4 layers, 8 heads, MLP 1376, vocab 32000; batch 4 x 704 positions.
     "small": dict(image=336, v_hidden=256, v_layers=4, v_heads=4, v_mlp=1024, hidden=512,
                   layers=4, heads=8, mlp=1376, vocab=32000, batch=4, text=127, prompt=16,

@@ -2,7 +2,7 @@
 
 Every connector variant shares the vision tower, the decoder and the batch (images and
 caption tokens); only the connector and the number of image slots differ, as in the
-paper's speed comparison (``acformer.md`` 1.7: same hardware, same batch, stage-1 step).
+paper's speed comparison (``docs/method.md`` 1.7: same hardware, same batch, stage-1 step).
 The step comes from the trainer's own builder (``trainer/builder.py``) on a one-device mesh.
 """
 from __future__ import annotations
@@ -86,7 +86,7 @@ def make_batch(mc: config_lib.ModelConfig, batch: int, text_len: int, seed: int 
   ``[BOS, image x Nv, caption (text_len - 1 tokens)]``.
 
   Images and caption ids depend only on ``seed`` and the vision/LLM configs, so every
-  connector variant sees the same data; labels supervise the caption (spec 2.4).
+  connector variant sees the same data; labels supervise the caption (docs/method.md 2.4).
   """
   if text_len < 2:
     raise ValueError(f"bench.text_len must be >= 2 (BOS + caption), got {text_len}")

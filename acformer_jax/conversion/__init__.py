@@ -1,6 +1,6 @@
 """Checkpoint conversion: streaming readers, declarative key maps, tower loaders.
 
-Spec: ``jax_practices.md`` item 7; ``acformer.md`` 2.9.
+Spec: ``docs/jax_practices.md`` item 7; ``docs/method.md`` 2.9.
 """
 from acformer_jax.conversion.io import CheckpointReader
 from acformer_jax.conversion.keymaps import ConversionError, KeyMap, LayerStack, Rule

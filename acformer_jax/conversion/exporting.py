@@ -1,7 +1,7 @@
 """Export a checkpoint back to PyTorch: safetensors shards + index + config (+ tokenizer).
 
-Spec: ``jax_practices.md`` item 7 (reverse exporter, multi-host) and section 9.6/9.8;
-``acformer.md`` 2.9 / 1.5 for the target layouts.
+Spec: ``docs/jax_practices.md`` item 7 (reverse exporter, multi-host) and section 9.6/9.8;
+``docs/method.md`` 2.9 / 1.5 for the target layouts.
 
 * ``hf-llava``: a ``LlavaForConditionalGeneration`` directory (``from_pretrained``), in
   the layout the checkpoint was converted from (or ``--layout``), all vocab rows kept, with
@@ -278,7 +278,7 @@ def export(checkpoint, fmt: str, output, *, mesh=None, layout: Optional[str] = N
 
 
 def _latents(checkpoint: pathlib.Path, mc: config_lib.ModelConfig, dtype) -> np.ndarray:
-  """The official resampler's unused ``latents``: preserved ones, else zeros (spec 1.4)."""
+  """The official resampler's unused ``latents``: preserved ones, else zeros (docs/method.md 1.4)."""
   path = checkpoint / EXTRAS_FILE
   if path.is_file():
     f = SafetensorsFile(path)

@@ -1,6 +1,6 @@
 """The input formats of ``acformer_jax.convert`` and their planners.
 
-Spec: ``acformer.md`` 2.9 and 1.5; ``jax_practices.md`` item 12 (load the two towers
+Spec: ``docs/method.md`` 2.9 and 1.5; ``docs/jax_practices.md`` item 12 (load the two towers
 from separate pretrained sources).
 
 =============  =================================================  ======================

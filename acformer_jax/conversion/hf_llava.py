@@ -1,6 +1,6 @@
 """transformers ``LlavaForConditionalGeneration`` checkpoints, both directions.
 
-Spec: ``acformer.md`` 2.9 (HF Llava key layouts and config defaults, the converter's
+Spec: ``docs/method.md`` 2.9 (HF Llava key layouts and config defaults, the converter's
 added ``<image>`` / ``<pad>`` vocabulary rows) and 2.8 (``vision_feature_layer``,
 ``vision_feature_select_strategy``).
 

@@ -6,7 +6,7 @@ the tokenizer + a chat template), so the files match the installed version:
 tokenizer files, with ``<image>`` at the model's ``image_token_index``.
 
 Image preprocessing: LLaVA-1.5 pads every image to a square filled with the CLIP mean
-colour before the CLIP resize + centre crop (``data/preprocess.py``, ``acformer.md`` 2.7).
+colour before the CLIP resize + centre crop (``data/preprocess.py``, ``docs/method.md`` 2.7).
 llava-hf's published processors do not (a plain ``CLIPImageProcessor``: the centre crop
 cuts the long side). ``LlavaImageProcessor`` expresses LLaVA's padding as ``do_pad=True``
 (background ``int(255 * mean)`` per channel, the same (122, 116, 104)), so exports of

@@ -1,4 +1,4 @@
-"""Streaming reader for a transformers checkpoint directory (spec ``jax_practices.md`` item 7).
+"""Streaming reader for a transformers checkpoint directory (spec ``docs/jax_practices.md`` item 7).
 
 Supported layouts, probed in this order: ``model.safetensors.index.json`` (sharded
 safetensors), ``model.safetensors``, ``pytorch_model.bin.index.json`` (sharded pickles),

@@ -1,4 +1,4 @@
-"""Key maps of the CLIP vision tower and the LLaMA decoder (spec ``acformer.md`` 2.9).
+"""Key maps of the CLIP vision tower and the LLaMA decoder (spec ``docs/method.md`` 2.9).
 
 The generic machinery lives in :mod:`acformer_jax.keymap` (re-exported here); LLM
 families declare their maps in ``models/families/`` (``registry.family(name).keymap``),
@@ -14,7 +14,7 @@ from acformer_jax.keymap import (CONV2D, IDENTITY, LINEAR, ConversionError, Entr
                                  LayerStack, Permute, Rule, flatten_paths, unflatten_paths)
 
 
-# --- LlamaForCausalLM (spec 3.1, 2.9) --------------------------------------------------
+# --- LlamaForCausalLM (docs/method.md 3.1, 2.9) --------------------------------------------------
 def llama_keymap(num_layers: int, tie_word_embeddings: bool) -> KeyMap:
   """LlamaForCausalLM keys (the ``llama`` family's map, ``models/families/decoder_hf.py``)."""
   return decoder_hf.keymap(LLMConfig(num_layers=num_layers, tie_word_embeddings=tie_word_embeddings))

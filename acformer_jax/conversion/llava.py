@@ -1,6 +1,6 @@
 """Original LLaVA-1.5 and AcFormer checkpoints, and stage-1 ``mm_projector.bin`` files.
 
-Spec: ``acformer.md`` 2.9 (``LlavaLlamaForCausalLM`` keys: ``model.layers.*``,
+Spec: ``docs/method.md`` 2.9 (``LlavaLlamaForCausalLM`` keys: ``model.layers.*``,
 ``lm_head``, ``model.mm_projector.0/2``; config fields ``mm_*``), 1.5 (the AcFormer
 projector: ``model.mm_projector.0.*`` = resampler, ``.1`` / ``.3`` = the MLP), 1.6
 (stage 1 trains the whole ``mm_projector``, so its ``mm_projector.bin`` carries the
@@ -250,5 +250,5 @@ def export_keymap(mc: config_lib.ModelConfig):
 
 
 def latents_shape(mc: config_lib.ModelConfig):
-  """Shape of the official resampler's unused ``latents`` (spec 1.4: 144 x dim)."""
+  """Shape of the official resampler's unused ``latents`` (docs/method.md 1.4: 144 x dim)."""
   return (144, mc.vision.hidden_size)

@@ -1,6 +1,6 @@
 """Generic key-map driven loading: checkpoint directory -> parameter tree, tensor by tensor.
 
-Spec: ``jax_practices.md`` items 3 (abstract-first) and 7 (streaming, table-driven
+Spec: ``docs/jax_practices.md`` items 3 (abstract-first) and 7 (streaming, table-driven
 conversion, each tensor placed directly into its target sharding).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Convert: plan -> validate -> stream every tensor into its sharding -> self-check -> save.
 
-Spec: ``jax_practices.md`` items 3 (abstract-first), 7 (streaming, table-driven,
+Spec: ``docs/jax_practices.md`` items 3 (abstract-first), 7 (streaming, table-driven,
 placed straight into the target sharding), 8 (verified by logits) and section 9.1-9.2.
 
 Each parameter is built with ``jax.make_array_from_callback``: the callback runs for

@@ -1,8 +1,8 @@
 """A conversion plan: the model config, the mounted sources and the key map, built from
 headers and config files only (no tensor data). Shared by every input format.
 
-Spec: ``acformer.md`` 2.9 (key names), 1.5 (AcFormer projector keys), 3 (config
-numbers); ``jax_practices.md`` item 7 (table-driven conversion).
+Spec: ``docs/method.md`` 2.9 (key names), 1.5 (AcFormer projector keys), 3 (config
+numbers); ``docs/jax_practices.md`` item 7 (table-driven conversion).
 """
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ SPLIT_RE = re.compile(r"^(.*)\[(\d+)/(\d+)\]$")
 
 
 def resampler_keymap(prefix: str, depth: int) -> KeyMap:
-  """Official ``PerceiverResampler`` keys (spec 1.4, 1.5) under ``prefix`` (e.g.
+  """Official ``PerceiverResampler`` keys (docs/method.md 1.4, 1.5) under ``prefix`` (e.g.
   ``model.mm_projector.0.``); ``to_kv`` appears as its two row halves."""
   ln = lambda hf, ours: [Rule(f"{hf}.weight", f"{ours}/scale"), Rule(f"{hf}.bias", f"{ours}/bias")]
   kv = f"{prefix}layers.{{i}}.0.to_kv.weight"

@@ -3,7 +3,7 @@
 ``DIR`` is an acformer_jax checkpoint (``model_config.json`` + Orbax ``params/``: a
 converted model or a training export) or a transformers ``LlavaForConditionalGeneration``
 directory, converted on the fly (streamed into the mesh's shardings, nothing written).
-Spec: ``jax_practices.md`` items 3, 7.
+Spec: ``docs/jax_practices.md`` items 3, 7.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Where converted tensors come from: several checkpoints behind one key space.
 
-Spec: ``jax_practices.md`` item 7 and section 9.1 (host RAM during conversion).
+Spec: ``docs/jax_practices.md`` item 7 and section 9.1 (host RAM during conversion).
 
 A :class:`TensorSource` mounts checkpoint directories (or single ``.bin`` /
 ``.safetensors`` files) under key prefixes, e.g. a LLaVA checkpoint at ``""`` and its

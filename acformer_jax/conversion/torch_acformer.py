@@ -1,6 +1,6 @@
 """A PyTorch reference of the official AcFormer connector, for the conversion self-check.
 
-Spec: ``acformer.md`` 1.3 (anchor search), 1.4 (the Perceiver-Resampler variant),
+Spec: ``docs/method.md`` 1.3 (anchor search), 1.4 (the Perceiver-Resampler variant),
 1.5 (``Sequential(resampler, Linear, GELU, Linear)`` and its state-dict names). The
 module names reproduce the official state dict (``0.layers.{i}.0.to_kv.weight``,
 ``0.layers.{i}.1.3.weight``, ``1.weight``, ...) so a checkpoint's tensors load into it
@@ -15,7 +15,7 @@ from torch import nn
 
 
 def anchor_indices(cls_rows: torch.Tensor, num_anchors: int) -> List[int]:
-  """Sorted anchor positions for one image (spec 1.3; 0 = CLS, patch p -> p + 1).
+  """Sorted anchor positions for one image (docs/method.md 1.3; 0 = CLS, patch p -> p + 1).
 
   Each head in turn adds its ``num_anchors // heads`` best patches not taken yet;
   ties go to the higher index (the official ascending argsort read from the end).
@@ -36,7 +36,7 @@ def anchor_indices(cls_rows: torch.Tensor, num_anchors: int) -> List[int]:
 
 
 class CrossAttention(nn.Module):
-  """Latents attend over the normalised media only; no biases (spec 1.4)."""
+  """Latents attend over the normalised media only; no biases (docs/method.md 1.4)."""
 
   def __init__(self, dim: int, heads: int, dim_head: int):
     super().__init__()
@@ -88,7 +88,7 @@ def build_projector(dim: int, d_llm: int, depth: int, heads: int, dim_head: int,
 
 def connector_forward(projector: nn.Sequential, features: torch.Tensor, cls_attn: torch.Tensor,
                       num_anchors: int) -> torch.Tensor:
-  """Anchors per image -> resampler queries -> MLP: ``[B, K+1, d_llm]`` (spec 1.1, 1.6)."""
+  """Anchors per image -> resampler queries -> MLP: ``[B, K+1, d_llm]`` (docs/method.md 1.1, 1.6)."""
   queries = torch.stack([features[b, anchor_indices(cls_attn[b], num_anchors)]
                          for b in range(features.shape[0])])
   x = projector[0](features, queries)

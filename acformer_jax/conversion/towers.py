@@ -4,7 +4,7 @@
 (``CLIPVisionModel`` or a full ``CLIPModel``, ``SiglipVisionModel`` / ``SiglipModel``,
 ``Dinov2Model``; the other tower of a two-tower file is ignored) and ``load_hf_llama(dir) ->
 (LLMConfig, params)`` reads an HF causal LM of any registered family (``models/registry.py``).
-Spec: ``acformer.md`` 2.8, 2.9, 3.1, 3.2.
+Spec: ``docs/method.md`` 2.8, 2.9, 3.1, 3.2.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Streaming safetensors writer: shards + ``model.safetensors.index.json``, tensor by tensor.
 
-Spec: ``jax_practices.md`` item 7 (reverse exporter) and section 9.8 (getting a
+Spec: ``docs/jax_practices.md`` item 7 (reverse exporter) and section 9.8 (getting a
 JAX-trained VLM back to PyTorch). The tensor list (names, shapes, dtypes) is planned
 up front, so every shard's header is written first and each tensor goes straight to
 its offset when it arrives: no shard is ever assembled in memory. Files follow the

@@ -1,6 +1,6 @@
 """LLaVA-1.5 data: templates, tokenizer, image preprocessing, tfds builders, input pipeline, demo.
 
-Spec: ``acformer.md`` part 2, ``eval.md`` 1, ``environment.md`` 1, ``offline_assets.md`` 1/4.
+Spec: ``docs/method.md`` part 2, ``docs/benchmarks.md`` 1, ``docs/environment.md`` 1, ``docs/offline_assets.md`` 1/4.
 The trainer's entry point is :func:`acformer_jax.data.train_data.make_train_iterator`
 (also importable as ``acformer_jax.data.make_train_iterator``); see ``docs/data.md``.
 """

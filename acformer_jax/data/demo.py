@@ -13,7 +13,7 @@ noisy grey background (optionally a dimmed scikit-image photo). Tasks:
 
 The held-out ``test`` split is also exported as a LLaVA-style question file
 (:func:`export_eval`) and scored by :func:`score_demo` (exact match after :func:`normalize_answer`,
-per category). Nothing here downloads anything (spec ``offline_assets.md`` 4).
+per category). Nothing here downloads anything (spec ``docs/offline_assets.md`` 4).
 """
 from __future__ import annotations
 

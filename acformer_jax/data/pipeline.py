@@ -1,6 +1,6 @@
 """Host-local input pipeline: shard, shuffle, process, batch, prefetch; resumable.
 
-Spec: ``docs/design.md`` "Batches", ``acformer.md`` 2.2-2.7, ``jax_practices.md`` (per-host
+Spec: ``docs/design.md`` "Batches", ``docs/method.md`` 2.2-2.7, ``docs/jax_practices.md`` (per-host
 data). Each host reads its own shard (:mod:`acformer_jax.data.sampler`) of a random-access
 tfds data source, turns records into tokens + pixels (bad samples are skipped and counted by
 reason), packs fixed-shape batches of ``global_batch / process_count`` rows and prefetches them

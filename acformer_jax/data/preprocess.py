@@ -1,6 +1,6 @@
 """LLaVA-1.5 image preprocessing (CLIP), NHWC float32.
 
-Spec: ``acformer.md`` 2.7 and ``eval.md`` section 1: convert to RGB, optionally pad to a square
+Spec: ``docs/method.md`` 2.7 and ``docs/benchmarks.md`` section 1: convert to RGB, optionally pad to a square
 canvas filled with the CLIP mean colour ``(122, 116, 104)`` (original pasted centred), resize the
 short side to ``image_size`` with PIL bicubic (long side ``int(size * long / short)``), centre crop
 ``image_size`` (offset ``(extent - size) // 2``), rescale by 1/255 and normalise with CLIP's
@@ -57,7 +57,7 @@ def normalize(pixels: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
 
 def preprocess_image(data, image_size: int, *, pad_to_square: bool, mean=CLIP_MEAN,
                      std=CLIP_STD) -> np.ndarray:
-  """Encoded bytes / path / PIL image -> float32 ``[S, S, 3]`` (spec 2.7); ``mean`` /
+  """Encoded bytes / path / PIL image -> float32 ``[S, S, 3]`` (docs/method.md 2.7); ``mean`` /
   ``std``: the tower's (``models/towers.py``), also the pad colour."""
   img = decode_image(data)
   if pad_to_square:

@@ -1,6 +1,6 @@
 """Epoch orders and per-host shards (deterministic from a seed).
 
-Spec: ``acformer.md`` 2.2 (``group_by_modality_length``) and ``docs/design.md`` "Batches".
+Spec: ``docs/method.md`` 2.2 (``group_by_modality_length``) and ``docs/design.md`` "Batches".
 
 An epoch's *global order* is a permutation of the record indices: a plain shuffle, or LLaVA's
 modality/length grouping. It is cut into consecutive global batches of ``global_batch`` indices;
@@ -27,7 +27,7 @@ def _length_grouped(indices: np.ndarray, lengths: np.ndarray, megabatch: int, rn
 
 
 def modality_length_grouped_order(lengths: Sequence[int], megabatch: int, rng) -> np.ndarray:
-  """LLaVA's ``group_by_modality_length`` semantics (spec 2.2).
+  """LLaVA's ``group_by_modality_length`` semantics (docs/method.md 2.2).
 
   ``lengths`` are signed word counts: positive for samples with an image, negative for text-only.
   Each modality is length-grouped into megabatches of ``megabatch`` indices; the full megabatches

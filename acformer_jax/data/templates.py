@@ -1,9 +1,9 @@
 """LLaVA-1.5 conversation templates, label masking and ``<image>`` expansion.
 
-Spec: ``acformer.md`` 2.4 (templates ``plain`` and ``vicuna_v1``; the LLM families'
+Spec: ``docs/method.md`` 2.4 (templates ``plain`` and ``vicuna_v1``; the LLM families'
 ``llama3``, ``chatml``, ``mistral_instruct`` and ``gemma`` are in ``chat_templates.py``), 2.5 (label masking),
 2.6 (chunk-wise tokenisation around ``<image>``, expansion, truncation after splicing) and
-``eval.md`` section 1 (the generation prompt).
+``docs/benchmarks.md`` section 1 (the generation prompt).
 
 Pipeline for one sample (:func:`tokenize_conversation`):
 
@@ -59,7 +59,7 @@ def canonical_template(name: str) -> str:
 
 def normalize_turns(conversations: Sequence[Mapping[str, str]], *, has_image: bool,
                     template: str) -> List[Tuple[str, str]]:
-  """Validates a LLaVA ``conversations`` list; returns ``[(role, text), ...]`` (spec 2.4-2.6).
+  """Validates a LLaVA ``conversations`` list; returns ``[(role, text), ...]`` (docs/method.md 2.4-2.6).
 
   Raises:
     SampleError: reasons ``bad_record``, ``bad_roles``, ``empty_answer``,
@@ -106,7 +106,7 @@ def normalize_turns(conversations: Sequence[Mapping[str, str]], *, has_image: bo
 
 
 def build_prompt(turns: Sequence[Tuple[str, str]], template: str) -> Tuple[str, List[Tuple[int, int]]]:
-  """Renders validated turns; returns ``(prompt, supervised character spans)`` (spec 2.4, 2.5)."""
+  """Renders validated turns; returns ``(prompt, supervised character spans)`` (docs/method.md 2.4, 2.5)."""
   template = canonical_template(template)
   if template in chat_templates.CHAT_TEMPLATES:
     return chat_templates.render(turns, template)
@@ -127,7 +127,7 @@ def build_prompt(turns: Sequence[Tuple[str, str]], template: str) -> Tuple[str, 
 
 
 def generation_prompt(question: str, *, has_image: bool = True, template: str = "vicuna_v1") -> str:
-  """Inference prompt (``eval.md`` 1): ends with ``"ASSISTANT:"``, no trailing space."""
+  """Inference prompt (``docs/benchmarks.md`` 1): ends with ``"ASSISTANT:"``, no trailing space."""
   template = canonical_template(template)
   user = (IMAGE_TOKEN + "\n" + question) if has_image else question
   if template == "plain":
@@ -179,7 +179,7 @@ def tokenize_prompt(encoder, prompt: str, spans: Sequence[Tuple[int, int]], bos:
 
 def expand_image_tokens(ids: Sequence[int], labels: Sequence[int], num_visual_tokens: int,
                         image_token_id: int) -> Tuple[np.ndarray, np.ndarray]:
-  """Replaces each placeholder by ``num_visual_tokens`` image ids (label -100), spec 2.6."""
+  """Replaces each placeholder by ``num_visual_tokens`` image ids (label -100), docs/method.md 2.6."""
   ids, labels = np.asarray(ids, np.int32), np.asarray(labels, np.int32)
   where = np.flatnonzero(ids == IMAGE_PLACEHOLDER)
   if where.size == 0:
@@ -202,7 +202,7 @@ class TokenizedSample:
 def tokenize_conversation(conversations, *, has_image: bool, template: str, encoder,
                           num_visual_tokens: int, image_token_id: int, max_length: int,
                           overlong: str = "truncate") -> TokenizedSample:
-  """One LLaVA sample -> expanded, truncated ids and labels (spec 2.4-2.6).
+  """One LLaVA sample -> expanded, truncated ids and labels (docs/method.md 2.4-2.6).
 
   Args:
     overlong: ``"truncate"`` (LLaVA: cut after splicing) or ``"skip"`` (reason ``too_long``).

@@ -1,6 +1,6 @@
 """``tfds build`` without TensorFlow.
 
-Spec: ``environment.md`` 1. The ``tfds`` console script of tensorflow-datasets 4.9.10 imports its
+Spec: ``docs/environment.md`` 1. The ``tfds`` console script of tensorflow-datasets 4.9.10 imports its
 ``convert_format`` command, which needs TensorFlow, before parsing anything. This entry point
 runs the very same ``build`` command (same flags: ``--data_dir``, ``--manual_dir``, ``--config``,
 ``--file_format``, ``--overwrite``, ...) with this project's builders registered, e.g.::

@@ -1,7 +1,7 @@
 """Tokenizer loading and LLaVA-exact text encoding.
 
-Spec: ``acformer.md`` 2.3 (Vicuna's LLaMA SentencePiece tokenizer, slow, ``pad = unk``, right
-padding) and ``offline_assets.md`` 1 (the offline copy of the LLaMA tokenizer).
+Spec: ``docs/method.md`` 2.3 (Vicuna's LLaMA SentencePiece tokenizer, slow, ``pad = unk``, right
+padding) and ``docs/offline_assets.md`` 1 (the offline copy of the LLaMA tokenizer).
 
 :func:`load_tokenizer` returns a transformers ``AutoTokenizer`` (users bring Vicuna's directory
 or a checkpoint directory; tests use the offline asset). transformers 5 only ships the
@@ -50,7 +50,7 @@ def load_tokenizer(path: Optional[os.PathLike] = None, *, model_max_length: Opti
     kwargs["model_max_length"] = model_max_length
   tok = AutoTokenizer.from_pretrained(str(path), **kwargs)
   if tok.unk_token is not None:
-    tok.pad_token = tok.unk_token  # acformer.md 2.3: pad = unk (id 0) for v1 / plain
+    tok.pad_token = tok.unk_token  # docs/method.md 2.3: pad = unk (id 0) for v1 / plain
   tok.padding_side = "right"
   return tok
 

@@ -1,6 +1,6 @@
 """The trainer's entry point: ``data`` config section -> resumable host-local batch iterator.
 
-Spec: ``docs/design.md`` "Batches"; ``acformer.md`` 2.1/2.2 (stage settings: ``plain`` without
+Spec: ``docs/design.md`` "Batches"; ``docs/method.md`` 2.1/2.2 (stage settings: ``plain`` without
 padding for stage 1, ``vicuna_v1`` with ``pad_to_square`` and ``group_by_length`` for stage 2).
 See ``docs/data.md`` for every field of :func:`default_data_config`.
 """

@@ -1,4 +1,4 @@
-"""Shared scorer types and file lookup (`eval.md` 6).
+"""Shared scorer types and file lookup (`docs/benchmarks.md` 6).
 
 Every scorer has the signature
 `score(answers, data, *, questions=None, judge=(), out=None) -> ScoreResult`:

@@ -1,4 +1,4 @@
-"""Reading LLaVA question/answer files and writing answer files (`eval.md` 1, 6).
+"""Reading LLaVA question/answer files and writing answer files (`docs/benchmarks.md` 1, 6).
 
 Every reader names the file, the line (or row) and the field on bad input. Readers take
 plain files or their xz/gzip-compressed form (`x.jsonl.xz`, `x.jsonl.gz`), either named
@@ -20,14 +20,14 @@ import pathlib
 import sys
 from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
-# LLaVA answer-file fields, in the order LLaVA writes them (`eval.md` 1, "Answer file
+# LLaVA answer-file fields, in the order LLaVA writes them (`docs/benchmarks.md` 1, "Answer file
 # format"); `round_id`, `options`, `option_char` only appear for MMBench.
 ANSWER_FIELDS = ("question_id", "round_id", "prompt", "text", "options", "option_char",
                  "answer_id", "model_id", "metadata")
 _REQUIRED_ANSWER_FIELDS = ("question_id", "text")
 
 # pandas' default missing-value strings: LLaVA reads the MMBench TSV with
-# `pd.read_table`, so a cell holding one of these is "no value" (`eval.md` 3, MMBench).
+# `pd.read_table`, so a cell holding one of these is "no value" (`docs/benchmarks.md` 3, MMBench).
 PANDAS_NA = frozenset({
     "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
     "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})

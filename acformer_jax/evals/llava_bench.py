@@ -1,4 +1,4 @@
-"""LLaVA-Bench (in-the-wild): judge input and aggregation of GPT-4 reviews (`eval.md` 3, 5).
+"""LLaVA-Bench (in-the-wild): judge input and aggregation of GPT-4 reviews (`docs/benchmarks.md` 3, 5).
 
 Judge input: one JSON line per question pairing the GPT-4 reference answer (assistant 1)
 with ours (assistant 2) and the image's context captions, in the layout of LLaVA's

@@ -1,4 +1,4 @@
-"""MMBench dev scorer: judge-free CircularEval (`eval.md` 3, MMBench).
+"""MMBench dev scorer: judge-free CircularEval (`docs/benchmarks.md` 3, MMBench).
 
 A question (TSV `index` < 1,000,000) counts as correct only if every circular copy
 (`index mod 1,000,000` equal) is answered correctly. Each row's choice is extracted without

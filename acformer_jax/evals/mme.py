@@ -1,4 +1,4 @@
-"""MME scorer: LLaVA's conversion plus MME's `calculation.py` rules (`eval.md` 3, MME).
+"""MME scorer: LLaVA's conversion plus MME's `calculation.py` rules (`docs/benchmarks.md` 3, MME).
 
 Each answer's original MME question is restored from its prompt and looked up in the
 ground truth (MME's `eval_tool/Your_Results/<subtask>.txt` lines "image<TAB>question<TAB>

@@ -1,4 +1,4 @@
-"""MM-Vet: the judge input file and the aggregation of GPT-4 grade files (`eval.md` 3, MM-Vet).
+"""MM-Vet: the judge input file and the aggregation of GPT-4 grade files (`docs/benchmarks.md` 3, MM-Vet).
 
 Judge input: LLaVA's `convert_mmvet_for_eval.py` format, a JSON object {"v1_<question_id>":
 answer} (indent 2), which the official `mm-vet_evaluator.py` grades. Aggregation follows that

@@ -1,4 +1,4 @@
-"""POPE scorer, LLaVA's rules (`eval.md` 3, POPE).
+"""POPE scorer, LLaVA's rules (`docs/benchmarks.md` 3, POPE).
 
 Answers become yes/no by LLaVA's rule, are grouped by the question file's category and paired
 with the label file of that category line by line (labels from AoiDragon/POPE @e3e39262).
@@ -62,14 +62,14 @@ def score(answers, data, *, questions=None, judge=(), out=None) -> base.ScoreRes
     if len(labels) != len(sq):
       raise eio.EvalDataError(
           f"{lpath}: {len(labels)} labels but {len(sq)} {split!r} questions in {qpath}; "
-          "use the label files of AoiDragon/POPE commit e3e39262 (eval.md 3, POPE)")
+          "use the label files of AoiDragon/POPE commit e3e39262 (docs/benchmarks.md 3, POPE)")
     for i, (q, lab) in enumerate(zip(sq, labels), 1):
       question = q["text"].replace("\n" + SHORT_ANSWER, "")
       if lab.get("image") != q["image"] or lab.get("text") != question:
         raise eio.EvalDataError(
             f"{lpath}: line {i} ({lab.get('image')!r}, {lab.get('text')!r}) does not match "
             f"question_id {q['question_id']!r} ({q['image']!r}, {question!r}); use the label "
-            "files of AoiDragon/POPE commit e3e39262 (eval.md 3, POPE)")
+            "files of AoiDragon/POPE commit e3e39262 (docs/benchmarks.md 3, POPE)")
       if lab.get("label") not in ("yes", "no"):
         raise eio.EvalDataError(f"{lpath}: line {i}: label must be 'yes' or 'no'")
     preds = [yes_no(by_id[q["question_id"]]["text"]) for q in sq]

@@ -1,4 +1,4 @@
-"""LLaVA-1.5 evaluation prompts, per benchmark (`eval.md` 1 and 3).
+"""LLaVA-1.5 evaluation prompts, per benchmark (`docs/benchmarks.md` 1 and 3).
 
 `build_request(benchmark, record)` turns one question-file record into a `Request`: the user
 message the model sees (with the `<image>` line), the full `vicuna_v1` prompt, the `prompt`
@@ -21,13 +21,13 @@ MULTIPLE_CHOICE = "Answer with the option's letter from the given choices direct
 MULTIPLE_CHOICE_CN = "请直接回答选项字母。"
 MMBENCH_OPTIONS = ("A", "B", "C", "D")
 
-# max_new_tokens of LLaVA's loader per benchmark (eval.md 1, "Decoding").
+# max_new_tokens of LLaVA's loader per benchmark (docs/benchmarks.md 1, "Decoding").
 MAX_NEW_TOKENS = {
     "pope": 128, "mme": 128, "textvqa": 128, "gqa": 128, "vqav2": 128, "vizwiz": 128,
     "demo": 128, "mmvet": 1024, "llava_bench": 1024, "scienceqa": 1024, "mmbench": 1024,
 }
 # How images are opened: the jsonl loaders convert to RGB; the ScienceQA and MMBench
-# loaders keep the file's own mode (eval.md 1, "Image preprocessing").
+# loaders keep the file's own mode (docs/benchmarks.md 1, "Image preprocessing").
 CONVERT_RGB = {name: name not in ("scienceqa", "mmbench") for name in MAX_NEW_TOKENS}
 
 # Allowed / required fields of each question-file format.
@@ -67,7 +67,7 @@ class Request:
 
 
 def vicuna_v1(question: str, has_image: bool) -> str:
-  """The vicuna_v1 generation prompt (eval.md 1), via the training templates."""
+  """The vicuna_v1 generation prompt (docs/benchmarks.md 1), via the training templates."""
   return templates.generation_prompt(question, has_image=has_image, template="vicuna_v1")
 
 

@@ -1,4 +1,4 @@
-"""Benchmark registry: question-file format, default file name and scorer (`eval.md` 4).
+"""Benchmark registry: question-file format, default file name and scorer (`docs/benchmarks.md` 4).
 
 `get(name)` raises a clear error for an unknown benchmark. `read_questions` validates a
 question file (unknown or missing fields, duplicate question keys) for the runner.

@@ -1,5 +1,5 @@
 """Evaluation runner: question file -> LLaVA answer file, resumable and sharded over hosts
-(`eval.md` 1 and 6).
+(`docs/benchmarks.md` 1 and 6).
 
 The generation engine is passed in as `generate_fn(batch, *, max_new_tokens) -> list[str]`,
 where `batch` is a list of `(image, prompt)` pairs: `image` is a PIL image (None for

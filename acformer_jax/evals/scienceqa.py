@@ -1,4 +1,4 @@
-"""ScienceQA scorer, LLaVA-1.5's `eval_science_qa.py` rules (`eval.md` 3, ScienceQA-IMG).
+"""ScienceQA scorer, LLaVA-1.5's `eval_science_qa.py` rules (`docs/benchmarks.md` 3, ScienceQA-IMG).
 
 Gold letters come from the `gpt` turn of LLaVA's `llava_test_CQM-A.json` (its conversion of
 `problems.json`) and the number of choices from the "\\nA. ", "\\nB. ", ... markers of the

@@ -1,5 +1,5 @@
 """VQA-style benchmarks: the EvalAI answer normaliser, VQA accuracy, TextVQA, GQA and the
-VQAv2 / VizWiz upload files (`eval.md` 2 and 3: TextVQA, GQA, VQAv2, VizWiz).
+VQAv2 / VizWiz upload files (`docs/benchmarks.md` 2 and 3: TextVQA, GQA, VQAv2, VizWiz).
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Sequence
 from acformer_jax.evals import base
 from acformer_jax.evals import io as eio
 
-# Contraction repairs applied word by word after lower-casing (`eval.md` 2, step 4). Keys
+# Contraction repairs applied word by word after lower-casing (`docs/benchmarks.md` 2, step 4). Keys
 # with capitals can never match; they are kept so the table equals the reference one.
 _CONTRACTIONS = dict(pair.split("=") for pair in """
 aint=ain't arent=aren't cant=can't couldve=could've couldnt=couldn't couldn'tve=couldn't've
@@ -42,7 +42,7 @@ _ARTICLES = frozenset({"a", "an", "the"})
 _PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-",
                 ">", "<", "@", "`", ",", "?", "!")
 _DIGIT_COMMA = re.compile(r"(?<=\d)(,)+(?=\d)")
-# A full stop not followed by a digit (the effective reference rule, see eval.md 2).
+# A full stop not followed by a digit (the effective reference rule, see docs/benchmarks.md 2).
 _PERIOD = re.compile(r"\.(?!\d)")
 _PERIOD_MAX_SUBS = 32  # the reference passes re.UNICODE (== 32) as the count
 
@@ -59,7 +59,7 @@ def _strip_punctuation(text: str) -> str:
 
 
 def normalize_answer(text: str) -> str:
-  """The EvalAI answer processor (`eval.md` 2, steps 1-4)."""
+  """The EvalAI answer processor (`docs/benchmarks.md` 2, steps 1-4)."""
   s = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
   s = s.replace("\n", " ").replace("\t", " ").strip()
   s = _strip_punctuation(s)

@@ -1,4 +1,4 @@
-"""Minimal .xlsx reading and writing with zipfile + XML (MMBench upload sheets, `eval.md` 3).
+"""Minimal .xlsx reading and writing with zipfile + XML (MMBench upload sheets, `docs/benchmarks.md` 3).
 
 An .xlsx file is a zip of SpreadsheetML parts. Only the first worksheet is read; cells may
 be shared strings, inline strings, numbers or booleans. The writer emits one sheet with

@@ -1,5 +1,5 @@
 """KV-cache generation (prefill + ``lax.while_loop`` decode), samplers, checkpoint loading
-and the evaluation glue (spec ``eval.md`` 1, ``jax_practices.md`` item 11).
+and the evaluation glue (spec ``docs/benchmarks.md`` 1, ``docs/jax_practices.md`` item 11).
 
 ``load_generate_fn`` is the default ``--engine`` of ``python -m acformer_jax.evaluate run``.
 """

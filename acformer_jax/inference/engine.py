@@ -1,7 +1,7 @@
 """Batched KV-cache generation for the MultimodalLM (host side of ``programs.py``).
 
-Spec: ``eval.md`` section 1 (greedy decoding, stop at EOS, KV cache on) and
-``jax_practices.md`` item 11 (separate prefill and decode, preallocated sharded KV cache
+Spec: ``docs/benchmarks.md`` section 1 (greedy decoding, stop at EOS, KV cache on) and
+``docs/jax_practices.md`` item 11 (separate prefill and decode, preallocated sharded KV cache
 with its own logical axes, the decode loop as one jitted ``lax.while_loop``, vision
 features computed once per request).
 
@@ -137,7 +137,7 @@ class Engine:
     Args:
       requests: the prompts.
       max_new_tokens: generation budget per request (static: one compile per value).
-      sampler: greedy by default (``eval.md`` 1).
+      sampler: greedy by default (``docs/benchmarks.md`` 1).
       rng: PRNG key for sampling (default ``PRNGKey(0)``).
       stop_token_ids: token sequences that end a row when it generates them (checked in
         the loop; the sequence is removed from the result).

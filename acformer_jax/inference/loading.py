@@ -8,7 +8,7 @@ Layout (documented in docs/inference.md; written by :func:`save_for_inference`):
   DIR/tokenizer/          optional tokenizer files (tokenizer.model / tokenizer.json +
                           tokenizer_config.json); else tokenizer files in DIR itself
 
-Restore is abstract-first (``jax_practices.md`` items 3 and 6): ``jax.eval_shape(init)`` ->
+Restore is abstract-first (``docs/jax_practices.md`` items 3 and 6): ``jax.eval_shape(init)`` ->
 logical partition specs -> ``NamedSharding`` on the mesh -> Orbax restore into them, so a
 checkpoint restores onto any mesh and no host holds the full tree unsharded.
 """
@@ -184,7 +184,7 @@ def save_params(path: pathlib.Path, params: Any, chunk_bytes: int = 64 << 20) ->
 
   OCDBT buffers the compressed data of the whole save in memory until it commits
   (about 0.75x of the params for random bf16); per-array zarr chunks are written as
-  they are compressed, so saving adds no memory peak (jax_practices.md 9.1). Per-array
+  they are compressed, so saving adds no memory peak (docs/jax_practices.md 9.1). Per-array
   checksums go to ``<path>_checksums.json`` (:mod:`acformer_jax.integrity`), verified on load.
   """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel

@@ -1,6 +1,6 @@
 """Text-level generation: prompt strings + PIL images in, answers out.
 
-Implements LLaVA-1.5's inference protocol (``eval.md`` section 1): the ``vicuna_v1`` prompt,
+Implements LLaVA-1.5's inference protocol (``docs/benchmarks.md`` section 1): the ``vicuna_v1`` prompt,
 chunk-wise tokenisation around ``<image>`` (``data.templates.tokenize_chunks``), the
 placeholder expanded to ``num_visual_tokens`` image ids, pad-to-square CLIP preprocessing,
 greedy decoding that stops at EOS, decoding with special tokens skipped and stripped.
@@ -33,7 +33,7 @@ def prepare_image(img, image_size: int, mean=preprocess.CLIP_MEAN,
   ``std``: the tower's; CLIP's by default).
 
   The image is padded in the mode it was opened in (LLaVA's ScienceQA / MMBench loaders
-  do not convert to RGB first; ``eval.md`` 1), then converted and resized.
+  do not convert to RGB first; ``docs/benchmarks.md`` 1), then converted and resized.
   """
   if getattr(img, "mode", "RGB") != "RGB":
     try:
@@ -90,7 +90,7 @@ class Generator:
                        f"{self.config.llm.eos_token_id} in {loaded.directory}")
 
   def encode(self, prompt: str, has_image: bool, index: int = 0) -> np.ndarray:
-    """Chunk-wise ids of ``prompt`` with the image slots expanded (``eval.md`` 1)."""
+    """Chunk-wise ids of ``prompt`` with the image slots expanded (``docs/benchmarks.md`` 1)."""
     n_marks = prompt.count(templates.IMAGE_TOKEN)
     if n_marks != (1 if has_image else 0):
       raise ValueError(

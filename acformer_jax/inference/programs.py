@@ -1,8 +1,8 @@
 """The compiled programs of generation: prefill and the decode loop.
 
-Spec: ``jax_practices.md`` item 11 (separate prefill and decode, a preallocated KV cache
+Spec: ``docs/jax_practices.md`` item 11 (separate prefill and decode, a preallocated KV cache
 with its own logical axes sharded like the model, the decode loop as one jitted
-``lax.while_loop``, vision features computed once per request) and ``eval.md`` 1.
+``lax.while_loop``, vision features computed once per request) and ``docs/benchmarks.md`` 1.
 
 Masking (docs/design.md): prompts are left-padded to ``P`` slots; ``kv_mask`` is
 ``[prompt_mask, 1 ... 1]`` for the whole generation (causality hides the slots not yet

@@ -1,7 +1,7 @@
 """Token samplers: pure functions of ``logits [B, V]`` (+ an rng key) -> ``int32 [B]``.
 
-Spec: ``eval.md`` section 1 (greedy decoding for every benchmark; sampling off when the
-temperature is 0) and ``jax_practices.md`` item 11 (sampler registry: greedy, temperature,
+Spec: ``docs/benchmarks.md`` section 1 (greedy decoding for every benchmark; sampling off when the
+temperature is 0) and ``docs/jax_practices.md`` item 11 (sampler registry: greedy, temperature,
 top-k, top-p). The filters follow the usual order: temperature, then top-k, then top-p.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Importing the package registers every vision tower (``towers.tower(name)``).
 Public entries: the towers (:class:`VisionTransformer`, :class:`LlamaModel`), the
-anchor selector (:func:`select_anchors`, ``acformer.md`` 1.3), the connectors
+anchor selector (:func:`select_anchors`, ``docs/method.md`` 1.3), the connectors
 (:class:`Connector`, 1.4-1.8), the assembled :class:`MultimodalLM` and the LLM family
 registry (:func:`family`; every family in ``families/`` is registered on import).
 """

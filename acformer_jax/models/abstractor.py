@@ -1,4 +1,4 @@
-"""C-Abstractor baseline (Honeybee) and adaptive average pooling (``acformer.md`` 1.8).
+"""C-Abstractor baseline (Honeybee) and adaptive average pooling (``docs/method.md`` 1.8).
 
 The spec's official config ``CAbstractor(1024, depth=3, 144 tokens)``: the patch grid
 (CLS dropped) -> RegStage(depth) -> adaptive average pool to sqrt(K) x sqrt(K) ->

@@ -1,4 +1,4 @@
-"""Visual-anchor selection: the progressive per-head search (``acformer.md`` 1.3).
+"""Visual-anchor selection: the progressive per-head search (``docs/method.md`` 1.3).
 
 The official code loops over the batch on the host and grows a top-(m+c) window of
 each head's ranking until the head has contributed ``m`` new tokens. That equals,
@@ -18,7 +18,7 @@ def num_anchor_tokens(num_heads: int, num_anchors: int) -> int:
 
 
 def select_anchors(cls_attn: jax.Array, num_anchors: int) -> jax.Array:
-  """Selects the visual anchors from the CLS attention of each head (spec 1.3).
+  """Selects the visual anchors from the CLS attention of each head (docs/method.md 1.3).
 
   Per head ``h`` in order, the ``m = num_anchors // heads`` highest-scoring patches
   of ``cls_attn[:, h]`` that earlier heads have not chosen are added to the set,

@@ -1,7 +1,7 @@
 """Vision-language connectors: the Anchor Former and the paper's baselines, and the
 connector registry.
 
-Spec: ``acformer.md`` 1.4 (resampler), 1.5 (``mlp2x_gelu`` projector), 1.7-1.8
+Spec: ``docs/method.md`` 1.4 (resampler), 1.5 (``mlp2x_gelu`` projector), 1.7-1.8
 (baselines, token counts). Each connector is one :class:`ConnectorSpec`, registered with
 :func:`register_connector` under its ``ConnectorConfig.type``: the tokens it hands the
 projector (``build``), its visual-token count, its training FLOPs, its validation and its
@@ -23,7 +23,7 @@ evit           CLS + top-K by mean CLS attention + 1 fused -> MLP      K+2 = 146
 acformer       anchors as resampler queries -> MLP                     1+H*(K//H) = 145
 =============  ======================================================  ==============
 
-Readings where the paper is silent (spec 1.8 marks them UNCONFIRMED): the budgets
+Readings where the paper is silent (docs/method.md 1.8 marks them UNCONFIRMED): the budgets
 follow the paper's "V-T Num" column (65/145/257; E-ViT 146), so ``pr`` has K+1
 latents (the code default is 144); ``c_abstractor`` is built as the official
 ``CAbstractor(1024, 3, 144)`` is: K tokens, no CLS. Pooling generalises 2x2 mean pooling to adaptive average
@@ -34,7 +34,7 @@ per image from ``rng`` and keeps them in raster order, as the anchors are. Witho
 ``PRNGKey(0)`` shared by every image, so outputs do not depend on the batch size or a
 row's position. E-ViT keeps its tokens in descending-attention order
 (``youweiliang/evit``). Parameters use PyTorch's default kernel init (Linear/Conv:
-U(+-1/sqrt(fan_in)); LN: 1/0; latents: N(0, 1)) as the official code does (spec 1.4);
+U(+-1/sqrt(fan_in)); LN: 1/0; latents: N(0, 1)) as the official code does (docs/method.md 1.4);
 biases start at 0.
 """
 from __future__ import annotations
@@ -74,7 +74,7 @@ def random_token_indices(rng: Optional[jax.Array], batch: int, num_patches: int,
 
 
 def evit_tokens(features: jax.Array, cls_attn: jax.Array, k: int) -> jax.Array:
-  """E-ViT reduction (spec 1.8): ``[CLS, top-k patches, fused]``, ``[B, k+2, D]``.
+  """E-ViT reduction (docs/method.md 1.8): ``[CLS, top-k patches, fused]``, ``[B, k+2, D]``.
 
   Patches are ranked by CLS attention averaged over heads (kept in descending
   order); the rest are fused into one token, their sum weighted by that
@@ -108,7 +108,7 @@ def _square_grid(mc: config_lib.ModelConfig) -> int:
 
 
 class MlpProjector(nn.Module):
-  """LLaVA projector (spec 1.5): ``linear_1`` [-> exact GELU -> ``linear_2``]."""
+  """LLaVA projector (docs/method.md 1.5): ``linear_1`` [-> exact GELU -> ``linear_2``]."""
   out_features: int
   two_layer: bool = True
   dtype: DType = "float32"

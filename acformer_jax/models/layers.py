@@ -2,7 +2,7 @@
 dtype handling, remat policies and the stacked-layer scan.
 
 Every parameter carries logical axis names (``nn.with_logical_partitioning``) from
-``acformer_jax.sharding.LOGICAL_AXIS_RULES``; spec ``jax_practices.md`` "What
+``acformer_jax.sharding.LOGICAL_AXIS_RULES``; spec ``docs/jax_practices.md`` "What
 acformer_jax should adopt", items 1 and 9.
 """
 from __future__ import annotations
@@ -85,7 +85,7 @@ def layer_norm(eps: float, *, dtype: DType, param_dtype: DType, name: Optional[s
 
 
 class RMSNorm(nn.Module):
-  """LLaMA RMSNorm, HF-exact: normalise in float32, cast back, then scale (spec 3.1).
+  """LLaMA RMSNorm, HF-exact: normalise in float32, cast back, then scale (docs/method.md 3.1).
   ``unit_offset``: Gemma's variant, scale by ``1 + w`` (``w`` starts at zero)."""
   eps: float = 1e-5
   dtype: DType = "float32"

@@ -1,4 +1,4 @@
-"""LLaMA-style decoder (spec ``acformer.md`` 3.1): RMSNorm, RoPE (theta, HF ``linear`` and
+"""LLaMA-style decoder (spec ``docs/method.md`` 3.1): RMSNorm, RoPE (theta, HF ``linear`` and
 ``llama3`` scaling), grouped-query attention, SwiGLU, tied or untied head, and a
 functional KV cache.
 

@@ -1,11 +1,11 @@
-"""The assembled multimodal model: frozen ViT -> connector -> LLM decoder (``acformer.md`` 1.1, 2.6).
+"""The assembled multimodal model: frozen ViT -> connector -> LLM decoder (``docs/method.md`` 1.1, 2.6).
 
 Static shapes throughout: ``input_ids`` carry ``num_visual_tokens`` copies of
 ``config.image_token_id`` where the image goes (the HF-processor convention) and the
 connector's tokens are scattered into those slots in order, which is what LLaVA's
-sentinel splice produces after padding (spec 2.6). Rows without image tokens are
+sentinel splice produces after padding (docs/method.md 2.6). Rows without image tokens are
 text-only: their image is encoded (the graph keeps one shape) but never used. The ViT
-output is wrapped in ``stop_gradient``: the tower is frozen in both stages (spec 1.2).
+output is wrapped in ``stop_gradient``: the tower is frozen in both stages (docs/method.md 1.2).
 
 Packed rows (``acformer_jax/batch.py``): ``images [B, M, S, S, 3]`` hold up to ``M`` images
 per row; the ``B*M`` images are encoded as one batch and image slot ``m``'s tokens fill the
@@ -32,7 +32,7 @@ from acformer_jax.models.towers import tower
 
 
 def default_positions(attention_mask: jax.Array) -> jax.Array:
-  """RoPE positions ``0..len-1`` over the real tokens of each row (spec 2.6)."""
+  """RoPE positions ``0..len-1`` over the real tokens of each row (docs/method.md 2.6)."""
   mask = attention_mask.astype(jnp.int32)
   return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
 

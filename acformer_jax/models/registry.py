@@ -1,6 +1,6 @@
 """Registries of pluggable model parts, and the LLM family registry.
 
-One pattern for every registry (``shared/spec/seams.md``): an entry is a small frozen
+One pattern for every registry (``docs/seams.md``): an entry is a small frozen
 dataclass of the callables and constants the rest of the code needs, registered from
 its own file; ``models/__init__.py`` imports every entry file, so nothing is looked up
 lazily by string. The config names an entry; :meth:`Registry.get` fails early, listing

@@ -1,10 +1,10 @@
-"""The Perceiver-Resampler variant of the Anchor Former (``acformer.md`` 1.4).
+"""The Perceiver-Resampler variant of the Anchor Former (``docs/method.md`` 1.4).
 
 Per layer (pre-LN, residual): the latents attend over the LayerNorm'ed media only
 (no latents in the keys), 8 heads of 64, no biases, then a LayerNorm -> Linear x4 ->
 exact GELU -> Linear feed-forward; a final LayerNorm. Queries are given from outside
 (anchors, pooled or random tokens) or, for the ``pr`` baseline, are the learnable
-``latents`` (N(0, 1) init, spec 1.8).
+``latents`` (N(0, 1) init, docs/method.md 1.8).
 
 Parameters (layers stacked on a leading ``layers`` axis)::
 
@@ -28,7 +28,7 @@ from acformer_jax.models.attention import attention as attend
 from acformer_jax.models.layers import (DType, constrain, dense, layer_norm, partitioned, stacked,
                                         to_dtype)
 
-# PyTorch's default Linear/Conv init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (spec 1.4).
+# PyTorch's default Linear/Conv init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (docs/method.md 1.4).
 TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 LN_EPS = 1e-5
 _ACT = ("activation_batch", "activation_length", "activation_embed")
@@ -69,7 +69,7 @@ class ResamplerLayer(nn.Module):
 
 
 class Resampler(nn.Module):
-  """``Resampler(...)(media [B,S,D], queries [B,Q,D] | None) -> [B,Q,D]`` (spec 1.4).
+  """``Resampler(...)(media [B,S,D], queries [B,Q,D] | None) -> [B,Q,D]`` (docs/method.md 1.4).
 
   Attributes:
     depth, heads, dim_head, ff_mult: ``ConnectorConfig`` fields.

@@ -5,7 +5,7 @@ A tower lives in one file (``models/vit.py`` for CLIP, ``models/siglip.py``,
 everything the rest of the code asks about it: the module factory, the HF config mapping
 (both directions), the HF key map, the FLOPs, the preprocessing and the anchor source.
 Callers ask ``tower(vc.tower).<field>`` and never branch on the name (spec
-``seams.md``). Every tower module maps ``pixel_values [B,S,S,C]`` (NHWC, normalised with
+``docs/seams.md``). Every tower module maps ``pixel_values [B,S,S,C]`` (NHWC, normalised with
 ``image_mean`` / ``image_std``) to ``(features [B, N+1, D], anchor_attn [B, H, N])``:
 token 0 of ``features`` is the tower's summary token (CLS, or what the tower puts in its
 place) and ``anchor_attn`` is the per-head score that anchor selection ranks.

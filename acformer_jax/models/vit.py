@@ -1,4 +1,4 @@
-"""CLIP-style vision transformer (spec ``acformer.md`` 3.2, 2.8, 1.2), the ``clip`` tower.
+"""CLIP-style vision transformer (spec ``docs/method.md`` 3.2, 2.8, 1.2), the ``clip`` tower.
 
 The encoder block (:class:`VisionBlock`) is shared with the other towers
 (``siglip.py``, ``dinov2.py``); this file registers the ``clip`` entry of the tower
@@ -30,7 +30,7 @@ _ACT = ("activation_batch", "activation_length", "activation_embed")
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:
-  """CLIP's activation: ``x * sigmoid(1.702 x)`` (spec 3.3)."""
+  """CLIP's activation: ``x * sigmoid(1.702 x)`` (docs/method.md 3.3)."""
   return x * jax.nn.sigmoid(1.702 * x)
 
 
@@ -49,7 +49,7 @@ def activation(name: str):
   return ACTIVATIONS[name]
 
 
-# --- CLIPVisionModel keys (spec 3.2, 2.9) ----------------------------------------------
+# --- CLIPVisionModel keys (docs/method.md 3.2, 2.9) ----------------------------------------------
 CLIP_VISION_RULES = (
     Rule("embeddings.patch_embedding.weight", "embeddings/patch_embedding/kernel", CONV2D),
     Rule("embeddings.class_embedding", "embeddings/class_embedding"),
@@ -204,7 +204,7 @@ class VisionBlock(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-  """CLIP vision tower truncated at ``config.select_layer`` (spec 2.8).
+  """CLIP vision tower truncated at ``config.select_layer`` (docs/method.md 2.8).
 
   Attributes:
     config: the ``VisionConfig``.

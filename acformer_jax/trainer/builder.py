@@ -3,7 +3,7 @@
 ``train`` (``trainer/loop.py``), ``aot`` and ``bench`` all call :func:`build_experiment`, each
 with its own mesh (the training devices, libtpu's compile-only devices, one CPU device), so
 what AOT compiles and the benchmark times is the function that training runs (MaxText's
-``train_compile`` reuses the trainer's setup the same way; ``spec/seams.md``).
+``train_compile`` reuses the trainer's setup the same way; ``docs/seams.md``).
 """
 from __future__ import annotations
 

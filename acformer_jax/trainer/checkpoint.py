@@ -1,8 +1,8 @@
 """Orbax checkpoints: async saves, keep-N, exact resume, params-only init and export.
 
-Spec: ``jax_practices.md`` item 6 (one ``CheckpointManager`` with named items, interval and
+Spec: ``docs/jax_practices.md`` item 6 (one ``CheckpointManager`` with named items, interval and
 preemption saves, keep-N, atomic commit, restore with target shardings so a checkpoint moves
-between meshes, three entry points) and ``environment.md`` 3 (``Composite`` items work).
+between meshes, three entry points) and ``docs/environment.md`` 3 (``Composite`` items work).
 
 Layout of a run directory ``<workdir>/checkpoints/<step>/``:
 

@@ -5,7 +5,7 @@ cost ~10x the rest of the model per token (``trainer/flops.py``), which does not
 CPU budget. This builds a 512-piece BPE model with LLaMA's conventions (``<unk>``/``<s>``/``</s>``
 = 0/1/2, byte fallback so any text encodes, SentencePiece whitespace handling) from the demo's
 captions, questions, answers and the ``plain`` / ``vicuna_v1`` template text
-(``acformer.md`` 2.3-2.4), so the data pipeline and the inference CLIs use it exactly like the
+(``docs/method.md`` 2.3-2.4), so the data pipeline and the inference CLIs use it exactly like the
 LLaMA tokenizer (same files, same loader). Deterministic: same corpus, one training thread.
 
   python -m acformer_jax.trainer.demo_tokenizer --out .assets/demo_tokenizer

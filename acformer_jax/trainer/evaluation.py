@@ -2,7 +2,7 @@
 
 The trained parameters, where they are (the training mesh), answer a benchmark's question
 file with the same generation engine and the same prompts as ``python -m acformer_jax.evaluate
-run`` (greedy, LLaVA's per-benchmark suffix and ``max_new_tokens``, ``eval.md`` 1), and the
+run`` (greedy, LLaVA's per-benchmark suffix and ``max_new_tokens``, ``docs/benchmarks.md`` 1), and the
 answers are scored by the same scorer as ``evaluate score``. Every process runs every
 question (one SPMD program over the training mesh); process 0 writes
 ``<workdir>/eval/<benchmark>/step_<N>/answers.jsonl`` and ``metrics.json`` (atomically) and

@@ -1,7 +1,7 @@
 """Shared pieces of the ``configs/*.py`` experiment files (ml_collections ``get_config()``).
 
-Spec: ``jax_practices.md`` item 13 (Python configs, ``get_config(arg)``, config_flags
-overrides, the full config stored with every checkpoint) and ``acformer.md`` 2.1-2.2 (the
+Spec: ``docs/jax_practices.md`` item 13 (Python configs, ``get_config(arg)``, config_flags
+overrides, the full config stored with every checkpoint) and ``docs/method.md`` 2.1-2.2 (the
 LLaVA-1.5 two-stage recipe). Sections of an experiment config:
 
 * ``model``: :class:`acformer_jax.config.ModelConfig` fields (``vision``, ``llm``, ``connector``).
@@ -116,7 +116,7 @@ def set_model(c: ml_collections.ConfigDict, *, llm: config_lib.LLMConfig,
 
 
 def stage1(c: ml_collections.ConfigDict) -> None:
-  """LLaVA-1.5 pretraining (spec 2.1): connector only, lr 1e-3, batch 256, ``plain``."""
+  """LLaVA-1.5 pretraining (docs/method.md 2.1): connector only, lr 1e-3, batch 256, ``plain``."""
   c.train.stage = 1
   c.train.trainable = STAGE1_TRAINABLE
   c.train.optimizer.lr = 1e-3
@@ -134,7 +134,7 @@ def caption_max_length(c: ml_collections.ConfigDict, text_tokens: int = 128) -> 
   ``stage1_max_length``). LCS-558K's BLIP captions (a sentence) fit in 128 tokens; longer
   ones are truncated and counted (``data/truncated``). Padding every row to LLaVA's 2048
   would spend most of a stage-1 step on pad tokens, and would hide the speed-up of fewer
-  visual tokens (``acformer.md`` 1.7)."""
+  visual tokens (``docs/method.md`` 1.7)."""
   mc = config_lib.model_config_from_dict(c.model)
   return connectors.connector(mc.connector.type).stage1_max_length(mc, text_tokens)
 
@@ -188,7 +188,7 @@ def pack_rows(c: ml_collections.ConfigDict, stage: int, connector: str) -> None:
 
 
 def stage2(c: ml_collections.ConfigDict) -> None:
-  """LLaVA-1.5 instruction tuning (spec 2.2): connector + LLM, lr 2e-5, batch 128,
+  """LLaVA-1.5 instruction tuning (docs/method.md 2.2): connector + LLM, lr 2e-5, batch 128,
   ``vicuna_v1``, padded images, modality-length grouping."""
   c.train.stage = 2
   c.train.trainable = STAGE2_TRAINABLE
@@ -204,7 +204,7 @@ def stage2(c: ml_collections.ConfigDict) -> None:
 def vicuna_llava15(size: str, stage: int, connector: str,
                    remat_policy: str = "minimal") -> ml_collections.ConfigDict:
   """Vicuna-``size`` v1.5 + CLIP ViT-L/14-336 with a :data:`CONNECTOR_PRESETS` connector,
-  LLaVA-1.5 stage ``stage`` (spec 2.1-2.2) packed into 2048-token rows (:func:`pack_rows`),
+  LLaVA-1.5 stage ``stage`` (docs/method.md 2.1-2.2) packed into 2048-token rows (:func:`pack_rows`),
   FSDP over every chip (mesh ``(1, -1, 1)``), a checkpoint every 500 steps."""
   c = base_config()
   set_model(c, llm=vicuna(size), vision=clip_vit_l336(), connector=connector)
@@ -235,7 +235,7 @@ def family_llava15(llm: config_lib.LLMConfig, stage: int, connector: str,
 
 
 def vicuna(size: str) -> config_lib.LLMConfig:
-  """Vicuna v1.5 7B / 13B (spec 3.1)."""
+  """Vicuna v1.5 7B / 13B (docs/method.md 3.1)."""
   if size == "7b":
     return config_lib.LLMConfig()
   if size == "13b":
@@ -245,7 +245,7 @@ def vicuna(size: str) -> config_lib.LLMConfig:
 
 
 def clip_vit_l336() -> config_lib.VisionConfig:
-  """openai/clip-vit-large-patch14-336, features from block -2 (spec 3.2)."""
+  """openai/clip-vit-large-patch14-336, features from block -2 (docs/method.md 3.2)."""
   return config_lib.VisionConfig()
 
 
@@ -305,7 +305,7 @@ def tiny(c: ml_collections.ConfigDict, connector: str = "acformer") -> None:
   c.model.image_token_id = llm.vocab_size
   conn = dict(type=connector, num_queries=16, depth=2, heads=4, dim_head=16, ff_mult=2)
   c.model.connector = _dict_of(config_lib.ConnectorConfig(**conn))
-  c.model.dtype = "float32"       # bf16 is slower than f32 on CPU (environment.md 4)
+  c.model.dtype = "float32"       # bf16 is slower than f32 on CPU (docs/environment.md 4)
   c.model.remat_policy = "none"
   c.mesh.shape = (4, 2, 1)        # 8 simulated CPU devices: data x FSDP
   c.train.sharding_tolerance = 0.1

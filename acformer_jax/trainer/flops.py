@@ -1,6 +1,6 @@
 """Analytic training FLOPs per step and peak FLOP/s per device, for MFU.
 
-Spec: ``jax_practices.md`` item 10 (explicit formula: matmul FLOPs of the trained tokens,
+Spec: ``docs/jax_practices.md`` item 10 (explicit formula: matmul FLOPs of the trained tokens,
 causal-halved attention, ViT FLOPs of the images, the connector; per-chip peak table).
 
 Counting rules (model FLOPs, so rematerialisation is not counted; elementwise ops, norms,

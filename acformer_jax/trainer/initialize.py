@@ -1,7 +1,7 @@
 """Initial parameters of a run that does not resume: random + subtrees taken from sources.
 
-Spec: ``acformer.md`` 2.1-2.2 (stage 1: CLIP + Vicuna + a new connector; stage 2: the stage-1
-connector + the converted LLM) and ``jax_practices.md`` items 3, 6 and 12 (load each tower
+Spec: ``docs/method.md`` 2.1-2.2 (stage 1: CLIP + Vicuna + a new connector; stage 2: the stage-1
+connector + the converted LLM) and ``docs/jax_practices.md`` items 3, 6 and 12 (load each tower
 from its own source straight into its target sharding; never materialise full parameters on
 one host). ``config.init`` names a source per top-level subtree (``vision``, ``connector``,
 ``llm``), see :func:`acformer_jax.trainer.experiment.init_sources` (``init.from_pretrained``:

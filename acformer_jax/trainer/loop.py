@@ -1,6 +1,6 @@
 """The training loop behind ``python -m acformer_jax.train`` (also callable in-process).
 
-Spec: ``acformer.md`` 2.1-2.2 (two-stage recipe), ``jax_practices.md`` items 3-6, 10, 13-14.
+Spec: ``docs/method.md`` 2.1-2.2 (two-stage recipe), ``docs/jax_practices.md`` items 3-6, 10, 13-14.
 Order of work: mesh -> the experiment (``trainer/builder.py``: validated config, abstract
 sharded state, jitted step, FLOPs) -> restore the newest readable checkpoint (state +
 data-iterator position) or build the initial parameters from ``config.init`` -> sharding

@@ -1,6 +1,6 @@
 """Masked next-token loss, optionally with LM-head logits only where the loss needs them.
 
-Spec: ``acformer.md`` 2.5 (shift by one, ``-100`` ignored, every supervised token counts).
+Spec: ``docs/method.md`` 2.5 (shift by one, ``-100`` ignored, every supervised token counts).
 ``labels[:, t + 1]`` is predicted from position ``t``.
 
 ``loss_positions = K > 0`` computes the LM head on at most ``K`` positions per row (the first

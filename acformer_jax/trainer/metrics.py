@@ -1,6 +1,6 @@
 """Training metrics: TensorBoard (tensorboardX), a JSONL log and console lines, host 0 only.
 
-Spec: ``jax_practices.md`` item 10 (tokens/s and MFU logged every N steps). Scalars written:
+Spec: ``docs/jax_practices.md`` item 10 (tokens/s and MFU logged every N steps). Scalars written:
 ``train/loss``, ``train/lr``, ``train/grad_norm``, ``train/token_accuracy``,
 ``perf/tokens_per_s``, ``perf/step_time_s``, ``perf/mfu``, ``perf/tflops_per_s``,
 ``data/skipped_total`` and ``data/skipped/<reason>``, ``data/truncated``, and the packing

@@ -1,8 +1,8 @@
 """Optimizer: AdamW + warmup-cosine, global-norm clipping, trainable/frozen partition.
 
-Spec: ``acformer.md`` 2.1-2.2 (LLaVA-1.5: AdamW betas 0.9/0.999, eps 1e-8, linear warmup
+Spec: ``docs/method.md`` 2.1-2.2 (LLaVA-1.5: AdamW betas 0.9/0.999, eps 1e-8, linear warmup
 over ``ceil(0.03 * steps)`` steps then cosine decay to 0, clip 1.0, decay excluding biases and
-norm parameters) and ``jax_practices.md`` item 12 (per-tower freezing by name pattern; frozen
+norm parameters) and ``docs/jax_practices.md`` item 12 (per-tower freezing by name pattern; frozen
 parameters get no gradients and no optimizer state).
 
 Parameters are addressed by their ``/``-joined path, e.g. ``llm/layers/mlp/up_proj/kernel``.

@@ -1,6 +1,6 @@
 """Train state and its abstract-first, sharded initialisation.
 
-Spec: ``jax_practices.md`` item 3: ``jax.eval_shape(init)`` -> logical partition specs
+Spec: ``docs/jax_practices.md`` item 3: ``jax.eval_shape(init)`` -> logical partition specs
 (``nn.get_partition_spec``) -> ``NamedSharding`` (``sharding.logical_to_sharding``) ->
 ``jax.jit(init, out_shardings=...)``, so no host ever holds the full parameters; the same
 sharded abstract state is the Orbax restore target. :func:`assert_sufficiently_sharded`

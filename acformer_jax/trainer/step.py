@@ -1,4 +1,4 @@
-"""The sharded, jitted train step (``jax_practices.md`` items 4 and 9; ``acformer.md`` 2.5).
+"""The sharded, jitted train step (``docs/jax_practices.md`` items 4 and 9; ``docs/method.md`` 2.5).
 
 One ``jax.jit`` with explicit ``in_shardings`` / ``out_shardings`` and the state donated. It
 contains the whole forward (frozen ViT, ``select_anchors`` via ``lax.top_k`` inside the
@@ -10,7 +10,7 @@ counts real tokens (``segment_ids > 0``), ``images`` real images, ``samples`` se
 
 Loss: ``sum of token cross-entropies / number of supervised tokens of the GLOBAL batch``
 (labels shift by one; ``-100`` ignored). This is the global token mean, not LLaVA's average
-of per-device means (spec 2.5 notes the difference). With ``grad_accum > 1`` the global batch
+of per-device means (docs/method.md 2.5 notes the difference). With ``grad_accum > 1`` the global batch
 is cut into microbatches (sample ``i`` goes to microbatch ``i % grad_accum`` so every
 device keeps its share of each) and the gradient of the same global token mean is
 accumulated in a ``lax.scan``; one optimizer update per step.

@@ -1,6 +1,6 @@
 """Early config validation with messages that name the field and what was expected.
 
-Spec: ``jax_practices.md`` item 13 (validate before anything expensive). Checked before
+Spec: ``docs/jax_practices.md`` item 13 (validate before anything expensive). Checked before
 any device memory is touched: mesh size vs device count, batch divisibility by the batch
 mesh axes (and by accumulation and hosts), the visual-token budget vs the ViT heads,
 connector type, sequence length vs visual tokens, optimizer and schedule fields, the

@@ -1,5 +1,5 @@
 """Bad input to the converter (docs/conversion.md): one clear error naming what is wrong,
-and never an output directory that looks complete (spec jax_practices.md items 7-8)."""
+and never an output directory that looks complete (spec docs/jax_practices.md items 7-8)."""
 import json
 
 import pytest

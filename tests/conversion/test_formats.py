@@ -1,5 +1,5 @@
-"""Format details: key layouts and config translation (acformer.md 2.9, 1.5), the streaming
-reader and writer (jax_practices.md item 7), the torch AcFormer reference of the
+"""Format details: key layouts and config translation (docs/method.md 2.9, 1.5), the streaming
+reader and writer (docs/jax_practices.md item 7), the torch AcFormer reference of the
 self-check, sharded placement and the loaders that consume the output."""
 import json
 

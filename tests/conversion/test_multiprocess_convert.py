@@ -1,5 +1,5 @@
 """Conversion and export under ``jax.distributed``: 2 processes x 4 CPU devices, gloo, one
-machine (environment.md 3; jax_practices.md items 7, 14; section 9.1): each process reads
+machine (docs/environment.md 3; docs/jax_practices.md items 7, 14; section 9.1): each process reads
 only the blocks its devices hold, the self-check runs across processes, and the exported
 tensors equal the source bit for bit. This file doubles as the worker script
 (``python test_multiprocess_convert.py worker ID PORT SRC OUT``); the CLIs run the same

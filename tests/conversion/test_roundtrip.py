@@ -1,5 +1,5 @@
 """PyTorch -> acformer_jax -> PyTorch for every format (docs/conversion.md; spec
-``jax_practices.md`` items 7-8, ``acformer.md`` 2.9, 1.5): the exported tensors are
+``docs/jax_practices.md`` items 7-8, ``docs/method.md`` 2.9, 1.5): the exported tensors are
 bit-identical to the source, and the self-check's transformers-vs-JAX logits agree to
 2e-4 in float32."""
 import json

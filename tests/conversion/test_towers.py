@@ -1,5 +1,5 @@
-"""Loading the towers from transformers directories (spec jax_practices.md item 7,
-acformer.md 2.9): every on-disk layout, exact round trips through the key maps, one
+"""Loading the towers from transformers directories (spec docs/jax_practices.md item 7,
+docs/method.md 2.9): every on-disk layout, exact round trips through the key maps, one
 error naming every bad key, and sharded placement straight from the files."""
 import json
 

@@ -60,7 +60,7 @@ def hf_llava(directory, layout="transformers5", seed=3, vocab=96, image_id=94, s
   """A LlavaForConditionalGeneration directory; ``layout`` renames the saved keys.
 
   ``vocab`` rows include the converter's added ``<image>`` (``image_id``) and ``<pad>``
-  (``image_id + 1``) rows, as llava-hf ships them (spec 2.9).
+  (``image_id + 1``) rows, as llava-hf ships them (docs/method.md 2.9).
   """
   cfg = transformers.LlavaConfig(
       vision_config=transformers.CLIPVisionConfig(**VISION),

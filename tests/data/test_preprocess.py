@@ -13,7 +13,7 @@ PHOTOS = ("astronaut", "chelsea", "rocket", "camera")  # square, landscape, larg
 
 
 def _ref_pad(img):
-  """LLaVA expand2square written from acformer.md 2.7 (independent of the package)."""
+  """LLaVA expand2square written from docs/method.md 2.7 (independent of the package)."""
   w, h = img.size
   side = max(w, h)
   out = np.zeros((side, side, 3), np.uint8)

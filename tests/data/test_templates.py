@@ -1,6 +1,6 @@
 """Templates and label masking vs an independent re-implementation of LLaVA's preprocessing.
 
-The reference below follows acformer.md 2.4-2.6 literally (LLaVA's ``preprocess_v1`` /
+The reference below follows docs/method.md 2.4-2.6 literally (LLaVA's ``preprocess_v1`` /
 ``preprocess_plain``: tokenise the pieces with the tokenizer itself, round/instruction lengths
 with the -2 correction, then -100 masks) and uses the transformers tokenizer directly, while the
 implementation under test uses SentencePiece through ``make_encoder`` and prefix boundaries.
@@ -182,5 +182,5 @@ def test_generation_prompt_matches_eval_spec(llama_tokenizer):
   ref = _ref_tokenizer_image_token(llama_tokenizer, p)
   k = ref.index(SENTINEL)
   np.testing.assert_array_equal(ids, ref[:k] + [IMG_ID] * 3 + ref[k + 1:])
-  # LLaVA quirk (eval.md 1): the chunk after <image> starts with the dummy-prefix token, then "\n".
+  # LLaVA quirk (docs/benchmarks.md 1): the chunk after <image> starts with the dummy-prefix token, then "\n".
   assert ref[k + 1:k + 3] == [29871, 13]

@@ -1,4 +1,4 @@
-"""The offline LLaMA tokenizer (offline_assets.md 1) and the LLaVA-exact encoder."""
+"""The offline LLaMA tokenizer (docs/offline_assets.md 1) and the LLaVA-exact encoder."""
 import hashlib
 import shutil
 

@@ -1,5 +1,5 @@
 """The scorers reproduce LLaVA-1.5-13B's published numbers from LLaVA's own answer files
-(tests/fixtures/eval/PROVENANCE.md; `eval.md` 5). Each fixture file is parsed once per module."""
+(tests/fixtures/eval/PROVENANCE.md; `docs/benchmarks.md` 5). Each fixture file is parsed once per module."""
 import json
 import os
 import pathlib

@@ -1,4 +1,4 @@
-"""Per-benchmark scoring rules on hand-made cases (`eval.md` 2 and 3), and TextVQA / GQA /
+"""Per-benchmark scoring rules on hand-made cases (`docs/benchmarks.md` 2 and 3), and TextVQA / GQA /
 VQAv2 / MMBench-upload paths on small synthetic ground truth."""
 import json
 

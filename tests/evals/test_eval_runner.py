@@ -1,5 +1,5 @@
 """Runner (`evaluate run`) and input validation: LLaVA prompts, answer-file format and order,
-resume, host sharding, bad input (`eval.md` 1, 6). generate_fn here is a deterministic test
+resume, host sharding, bad input (`docs/benchmarks.md` 1, 6). generate_fn here is a deterministic test
 double for the runner only."""
 import base64
 import io

@@ -1,4 +1,4 @@
-"""KV-cache generation (eval.md 1, jax_practices.md item 11): equals the full forward,
+"""KV-cache generation (docs/benchmarks.md 1, docs/jax_practices.md item 11): equals the full forward,
 batched == one-by-one, one compile per bucket, EOS / stop sequences, sharded cache."""
 import functools
 

@@ -1,5 +1,5 @@
 """The generate CLI end to end on a tiny random checkpoint: one question, and a two-turn
-interactive chat from piped stdin (eval.md 1 prompt protocol)."""
+interactive chat from piped stdin (docs/benchmarks.md 1 prompt protocol)."""
 import os
 import subprocess
 import sys

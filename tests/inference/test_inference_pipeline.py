@@ -1,4 +1,4 @@
-"""Text-level generation (eval.md 1): prompts, chunk-wise tokenisation with the image
+"""Text-level generation (docs/benchmarks.md 1): prompts, chunk-wise tokenisation with the image
 expanded, the runner's generate_fn contract, and a run of the evaluation runner."""
 import json
 

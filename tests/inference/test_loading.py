@@ -1,5 +1,5 @@
 """Inference checkpoint layout: save -> load round trip (one device and a mesh), and clear
-errors for bad directories (docs/inference.md, jax_practices.md items 3 and 6)."""
+errors for bad directories (docs/inference.md, docs/jax_practices.md items 3 and 6)."""
 import dataclasses
 import json
 import shutil

@@ -1,4 +1,4 @@
-"""Distribution tests of the samplers (spec jax_practices.md item 11, eval.md 1)."""
+"""Distribution tests of the samplers (spec docs/jax_practices.md item 11, docs/benchmarks.md 1)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

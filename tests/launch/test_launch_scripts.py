@@ -1,4 +1,4 @@
-"""Launch scripts (jax_practices.md item 14): --help, the exact --dry-run commands, and the
+"""Launch scripts (docs/jax_practices.md item 14): --help, the exact --dry-run commands, and the
 parts that can run here for real (local multi-process runs, per-worker job control, a
 SLURM batch script under a stand-in srun, and the recommended XLA/libtpu flag names)."""
 import os

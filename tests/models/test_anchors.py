@@ -1,4 +1,4 @@
-"""select_anchors vs the official per-sample loop (acformer.md 1.3)."""
+"""select_anchors vs the official per-sample loop (docs/method.md 1.3)."""
 import jax
 import numpy as np
 import pytest

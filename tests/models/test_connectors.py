@@ -1,4 +1,4 @@
-"""Connectors (acformer.md 1.4-1.8): torch parity of the Anchor Former and the C-Abstractor,
+"""Connectors (docs/method.md 1.4-1.8): torch parity of the Anchor Former and the C-Abstractor,
 numpy references for the direct connectors, shape / gradient / determinism for all.
 
 Every test of one connector type shares a single compiled ``(output, gradient)`` function

@@ -1,4 +1,4 @@
-"""LlamaModel vs transformers LlamaForCausalLM (spec acformer.md 3.1): full forward with
+"""LlamaModel vs transformers LlamaForCausalLM (spec docs/method.md 3.1): full forward with
 right padding, and prefill + token-by-token decode through the KV cache."""
 import dataclasses
 

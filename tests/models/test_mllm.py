@@ -1,4 +1,4 @@
-"""MultimodalLM (acformer.md 1.1, 2.6): LLaVA parity, frozen ViT, sharded training step."""
+"""MultimodalLM (docs/method.md 1.1, 2.6): LLaVA parity, frozen ViT, sharded training step."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,7 @@ NV = VISION.num_patches
 
 
 def _llava_keymap(vision: C.VisionConfig, llm: C.LLMConfig) -> KeyMap:
-  """Keys of a saved ``LlavaForConditionalGeneration`` (legacy layout, spec 2.9)."""
+  """Keys of a saved ``LlavaForConditionalGeneration`` (legacy layout, docs/method.md 2.9)."""
   tower = clip_vision_keymap(vision.num_layers, vision.num_computed_layers)
   text = llama_keymap(llm.num_layers, llm.tie_word_embeddings).rename_hf(
       lambda k: "language_model." + k)

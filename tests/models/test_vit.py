@@ -1,4 +1,4 @@
-"""VisionTransformer vs transformers CLIPVisionModel (spec acformer.md 3.2, 2.8, 1.2)."""
+"""VisionTransformer vs transformers CLIPVisionModel (spec docs/method.md 3.2, 2.8, 1.2)."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""A small PyTorch reference of the official AcFormer connector (``acformer.md`` 1.3-1.5).
+"""A small PyTorch reference of the official AcFormer connector (``docs/method.md`` 1.3-1.5).
 
 Written from the spec's description of the official code's semantics: the per-sample
 anchor loop that grows a top-(m+c) window of each head's ascending argsort, the
@@ -14,7 +14,7 @@ from torch import nn
 
 
 def official_select(cls_rows, num_anchors: int):
-  """The official per-sample loop (spec 1.3) on one image.
+  """The official per-sample loop (docs/method.md 1.3) on one image.
 
   Args:
     cls_rows: ``[heads, num_patches]`` CLS attention over patches (numpy or torch).
@@ -41,7 +41,7 @@ def official_select(cls_rows, num_anchors: int):
 
 
 class PerceiverAttention(nn.Module):
-  """Cross-attention of the latents over the media only (spec 1.4)."""
+  """Cross-attention of the latents over the media only (docs/method.md 1.4)."""
 
   def __init__(self, dim, dim_head=64, heads=8):
     super().__init__()
@@ -103,7 +103,7 @@ def acformer_projector(dim_vision, dim_llm, **resampler_kw):
 
 
 def acformer_connector(projector, features, cls_attn, num_anchors):
-  """Official encode path: per-sample anchors, gather, resampler + MLP (spec 1.1, 1.6).
+  """Official encode path: per-sample anchors, gather, resampler + MLP (docs/method.md 1.1, 1.6).
 
   Args:
     projector: from :func:`acformer_projector`.
@@ -172,7 +172,7 @@ def flax_params_from_official(state_dict, depth: int, prefix: str = ""):
   }
 
 
-# --- C-Abstractor baseline (spec 1.8: timm RegStage blocks as Honeybee configures them) ---
+# --- C-Abstractor baseline (docs/method.md 1.8: timm RegStage blocks as Honeybee configures them) ---
 class LayerNorm2d(nn.LayerNorm):
   """Channel-wise LayerNorm on NCHW (timm 0.6.13 ``LayerNormAct2d`` in ConvNormAct, eps 1e-5)."""
 

@@ -1,4 +1,4 @@
-"""Orbax checkpoints (jax_practices.md item 6): restore onto another mesh, fall back from a
+"""Orbax checkpoints (docs/jax_practices.md item 6): restore onto another mesh, fall back from a
 broken newest step, params-only init from several sources, and the inference export."""
 import functools
 import json

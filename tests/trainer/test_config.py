@@ -1,6 +1,6 @@
 """Configs, validation, schedule and FLOPs accounting (no training; fast).
 
-Spec: acformer.md 2.1-2.2 (recipe numbers), jax_practices.md items 10, 12, 13."""
+Spec: docs/method.md 2.1-2.2 (recipe numbers), docs/jax_practices.md items 10, 12, 13."""
 import importlib.util
 import math
 import pathlib

@@ -1,4 +1,4 @@
-"""The main job on the real data pipeline (jax_practices.md items 5-6, 14): a packed run
+"""The main job on the real data pipeline (docs/jax_practices.md items 5-6, 14): a packed run
 (issue #13: several samples per row, the packer's carried-over buffer in the checkpoint)
 killed with SIGKILL and resumed ends bit-identical to an uninterrupted run (same data order),
 and the NaN guard halts with the last good checkpoint as the newest one."""

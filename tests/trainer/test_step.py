@@ -1,4 +1,4 @@
-"""The sharded train step (jax_practices.md items 3-4; acformer.md 2.1-2.2, 2.5): the same
+"""The sharded train step (docs/jax_practices.md items 3-4; docs/method.md 2.1-2.2, 2.5): the same
 loss and update on every mesh, one compile per shape, frozen towers untouched, gradient
 accumulation and head-on-supervised-positions equal to the plain step."""
 import functools

@@ -1,7 +1,7 @@
 """Record schema shared by the LLaVA and demo tfds builders.
 
-Spec: ``acformer.md`` 2.1/2.2 (LLaVA JSON: ``id``, optional ``image`` relative path,
-``conversations`` of ``{"from", "value"}``) and ``environment.md`` 1 (tfds without TensorFlow:
+Spec: ``docs/method.md`` 2.1/2.2 (LLaVA JSON: ``id``, optional ``image`` relative path,
+``conversations`` of ``{"from", "value"}``) and ``docs/environment.md`` 1 (tfds without TensorFlow:
 ArrayRecord files, images stored as encoded bytes, read with ``as_data_source``).
 
 A record holds the encoded image bytes exactly as found on disk (``b""`` for text-only samples
@@ -46,7 +46,7 @@ def features() -> tfds.features.FeaturesDict:
 
 
 def num_words(conversations) -> int:
-  """LLaVA's modality length: whitespace-separated words over all turns (spec 2.2)."""
+  """LLaVA's modality length: whitespace-separated words over all turns (docs/method.md 2.2)."""
   return sum(len(m["value"].split()) for m in conversations)
 
 

@@ -1,6 +1,6 @@
 """tfds builders for LLaVA-1.5 data: stage-1 captions and stage-2 instruction mixes.
 
-Spec: ``acformer.md`` 2.1 (``blip_laion_cc_sbu_558k.json`` + ``LLaVA-Pretrain/images``) and 2.2
+Spec: ``docs/method.md`` 2.1 (``blip_laion_cc_sbu_558k.json`` + ``LLaVA-Pretrain/images``) and 2.2
 (``llava_v1_5_mix665k.json`` + ``playground/data`` with coco/gqa/ocr_vqa/textvqa/vg folders,
 multi-turn and text-only samples). Users point a builder at their local files either with
 tfds' ``manual_dir`` (default file names inside it) or with the ``json_path`` / ``image_root``

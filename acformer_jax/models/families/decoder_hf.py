@@ -3,7 +3,7 @@ the HF ``config.json`` fields they all use, their HF causal-LM key map and their
 
 A family file calls :func:`config_from_hf` / :func:`config_to_hf` with its own defaults
 and options, and usually takes :func:`keymap` and :func:`flops` as they are.
-Spec: ``acformer.md`` 3.1, 2.9; ``jax_practices.md`` item 10 (FLOP counting rules).
+Spec: ``docs/method.md`` 3.1, 2.9; ``docs/jax_practices.md`` item 10 (FLOP counting rules).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LLaMA-1/2 and Vicuna (spec ``acformer.md`` 3.1): the shared decoder as it is, SwiGLU,
+"""LLaMA-1/2 and Vicuna (spec ``docs/method.md`` 3.1): the shared decoder as it is, SwiGLU,
 no biases, ``vicuna_v1`` template."""
 from acformer_jax.models import registry
 from acformer_jax.models.families import decoder_hf
