@@ -12,6 +12,7 @@ the runner's contract (``evals/runner.py``): ``generate_fn(batch, *, max_new_tok
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional, Sequence, Tuple
 
 import jax
@@ -25,6 +26,8 @@ from acformer_jax.data.tokenizer import make_encoder
 from acformer_jax.models import registry
 from acformer_jax.inference import engine as engine_lib
 from acformer_jax.inference import loading, sampling
+
+logger = logging.getLogger("acformer_jax.inference.pipeline")
 
 
 def prepare_image(img, image_size: int, mean=preprocess.CLIP_MEAN,
@@ -138,7 +141,20 @@ class Generator:
     return texts
 
   def generate_fn(self, batch, *, max_new_tokens: int) -> list:
-    """The evaluation runner's contract: greedy answers for ``[(image, prompt)]``."""
+    """The evaluation runner's contract: greedy answers for ``[(image, prompt)]``.
+
+    A benchmark's ``max_new_tokens`` is LLaVA's upper bound; on a model whose context cannot
+    hold the longest prompt plus that many tokens, answers stop where the context ends (a
+    warning says so) instead of failing the whole evaluation. ``generate`` itself refuses
+    such requests.
+    """
+    positions = self.config.llm.max_position_embeddings
+    longest = max(len(self.encode(p, img is not None, i)) for i, (img, p) in enumerate(batch))
+    room = positions - longest
+    if 1 <= room < max_new_tokens:
+      logger.warning("a prompt of %d tokens leaves %d of max_new_tokens=%d within the model's %d "
+                     "positions; answers stop there", longest, room, max_new_tokens, positions)
+      max_new_tokens = room
     return self.generate(batch, max_new_tokens=max_new_tokens)
 
 

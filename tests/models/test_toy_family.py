@@ -16,6 +16,7 @@ import torch
 import transformers
 
 import tiny_hf
+from acformer_jax import batch as B
 from acformer_jax import config as C
 from acformer_jax import load_pretrained, sharding
 from acformer_jax.conversion import pipeline
@@ -88,7 +89,7 @@ def test_trains_with_the_registered_family():
   state = jax.device_put(jax.device_get(S.state_from_params_fn(tx, trainable)(host)), shardings)
   call = ST.jit_train_step(ST.make_train_step(model, tx, schedule, trainable=trainable, seed=0),
                            mesh, shardings)
-  batch = ST.device_batch(tiny.batch(1, config=TOY_MODEL), mesh)
+  batch = B.to_device(tiny.batch(1, config=TOY_MODEL), mesh)
   losses = []
   for _ in range(3):
     state, m = call(state, batch)

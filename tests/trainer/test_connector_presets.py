@@ -24,7 +24,7 @@ def _get_config(arg):
 def test_paper_presets_validate_with_their_budgets(kind):
   for k, tokens in zip((64, 144, 256), (65, 145, 257)):
     c = _get_config(f"{kind}{k}")
-    mc = validate.validate(c, num_devices=32)
+    mc = validate.validate(c, num_devices=16)
     want = {"c_abstractor": k, "evit": k + 2}.get(kind, tokens)
     assert (mc.connector.type, C.num_visual_tokens(mc)) == (kind, want)
     assert c.data.max_length == -(-(want + 1 + 128) // 128) * 128
@@ -33,9 +33,9 @@ def test_paper_presets_validate_with_their_budgets(kind):
 def test_connector_override_gets_its_own_max_length():
   c = _get_config("acformer64")
   c.model.connector.type = "mlp2x_gelu"  # as --config.model.connector.type=mlp2x_gelu does
-  validate.validate(c, num_devices=32)
+  validate.validate(c, num_devices=16)
   assert c.data.max_length == 768  # 576 tokens, not acformer64's 256
   c = _get_config("acformer144")
   c.data.max_length = 1024  # an explicit length is kept
-  validate.validate(c, num_devices=32)
+  validate.validate(c, num_devices=16)
   assert c.data.max_length == 1024

@@ -121,7 +121,7 @@ def test_nan_guard_never_saves_a_non_finite_update(demo, tmp_path):
   store = ckpt_lib.CheckpointStore(work / "checkpoints", save_every=1, keep=10)
   assert store.all_steps() == [1, 2]
   for step in store.all_steps():
-    assert _all_finite(store.restore(step, b["abstract"]).state), step
+    assert _all_finite(store.restore(step, b.abstract_state).state), step
   store.close()
   again = tiny.experiment_config(data_dir, tok, steps=4, every=1)
   resumed = loop.run(again, work)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from acformer_jax import batch as B
 from acformer_jax import config as C
 from acformer_jax import sharding
 from acformer_jax.models.mllm import MultimodalLM
@@ -71,7 +72,7 @@ def test_tiled_train_step_equals_full_step():
     call, state_fn, _, shardings, mesh = _step(
         model, tiny.MODEL, dict(loss_impl=impl, vocab_chunk=24, loss_positions=k))
     state = jax.jit(state_fn, out_shardings=shardings)(jax.random.key(0))
-    state, m = call(state, ST.device_batch(tiny.batch(1), mesh))
+    state, m = call(state, B.to_device(tiny.batch(1), mesh))
     out[impl, k] = jax.device_get((state.params, m))
   p_full, m_full = out["full", 0]
   for key in (("tiled", 0), ("tiled", 4)):
@@ -88,7 +89,7 @@ def test_tiled_loss_lowers_train_step_peak_memory():
                            image_token_id=32000)
   model = MultimodalLM(mc)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
-           for k, v in tiny.batch(0, b=8, text=48, config=mc).items() if k in ST.BATCH_KEYS}
+           for k, v in tiny.batch(0, b=8, text=48, config=mc).items() if k in B.KEYS}
   temp = {}
   for impl in ("full", "tiled"):
     call, _, abstract, _, _ = _step(model, mc, dict(loss_impl=impl, vocab_chunk=4000))
