@@ -22,7 +22,7 @@ from acformer_jax.trainer import experiment
 logger = logging.getLogger("acformer_jax.trainer.validate")
 
 
-_OPTIONAL = ("head_dim", "rope_scaling")  # model fields whose None is a value
+_OPTIONAL = ("head_dim", "rope_scaling", "sliding_window")  # model fields whose None is a value
 
 
 class ConfigError(ValueError):
