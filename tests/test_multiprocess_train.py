@@ -36,7 +36,7 @@ def _train_args(workdir, tfds_dir, tok_dir, delay=0.0, cache=True):
           "--config.data.builder=acformer_demo/qa_tiny", f"--config.data.data_dir={tfds_dir}",
           f"--config.data.tokenizer_path={tok_dir}", "--config.data.packing=True",
           "--config.data.max_length=256", "--config.data.max_images_per_row=2",
-          "--config.data.packing_lookahead=8",
+          "--config.data.packing_lookahead=32",
           "--config.data.num_workers=1", "--config.init.allow_random=True",
           "--config.train.global_batch_size=8", f"--config.train.steps={STEPS}",
           "--config.train.log_every=1", "--config.train.progress_bar=False",

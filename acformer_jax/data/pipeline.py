@@ -125,6 +125,8 @@ class DataIterator:
     per_host = self._groups // process_count
     self._owned = list(range(process_index * per_host, (process_index + 1) * per_host))
     self._group_rows = global_batch // self._groups
+    # packing_lookahead is the budget of the whole global batch, shared out over the groups.
+    self._group_pack = dataclasses.replace(self._pack, lookahead=-(-self._pack.lookahead // self._groups))
     self._shape = batch_lib.BatchShape(rows=self._local, length=spec.max_length,
                                        images_per_row=self._pack.max_images, image_size=spec.image_size)
     self._fingerprint = {"num_records": self._num, "seed": self._seed, "process_index": process_index,
@@ -324,7 +326,7 @@ class DataIterator:
     rows, exhausted = [], False
     for k, group in enumerate(state["groups"]):
       got, carried[k], dry = packing_lib.pack_batch(carried[k], streams[k], self._group_rows,
-                                                    self._pack, sample_of=lambda item: item[1])
+                                                    self._group_pack, sample_of=lambda item: item[1])
       group["carried"] = [i for i, _ in carried[k]]
       rows.extend(got)
       exhausted = exhausted or dry

@@ -34,7 +34,7 @@ _DEFAULTS: Dict[str, Any] = {
     "max_length": 2048,        # T: tokens per row after image expansion (LLaVA model_max_length)
     "packing": False,          # several samples per row (segment ids; docs/data.md "Packing")
     "max_images_per_row": 1,   # M with packing: image slots per row (text-only samples take none)
-    "packing_lookahead": 64,   # samples the packer may hold back for later rows (carried over)
+    "packing_lookahead": 64,   # samples the packers may hold back for later rows (ceil(64 / G) each)
     "packing_groups": None,    # G packers per global batch (None = gcd(batch, 8)); docs/data.md 5.1
     "overlong": "truncate",    # truncate (LLaVA) | skip
     "global_batch_size": 128,
