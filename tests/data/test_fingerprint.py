@@ -30,7 +30,7 @@ def _ids(root, data_dir, tok, **kw):
          "global_batch_size": 2, "num_epochs": 1, "drop_remainder": False, "num_workers": 0}
   cfg.update(kw)
   it = make_train_iterator(cfg, tok, MODEL, 0, 1, seed=0, with_index=True)
-  ids = [it._source[int(i)]["id"].decode() for b in it for i in b["sample_index"] if i >= 0]  # pylint: disable=protected-access
+  ids = [it._source[int(i)]["id"].decode() for b in it for i in b["sample_index"][:, 0] if i >= 0]  # pylint: disable=protected-access
   it.close()
   return sorted(ids), it
 
