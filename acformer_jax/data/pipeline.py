@@ -126,7 +126,8 @@ class DataIterator:
     self._owned = list(range(process_index * per_host, (process_index + 1) * per_host))
     self._group_rows = global_batch // self._groups
     # packing_lookahead is the budget of the whole global batch, shared out over the groups.
-    self._group_pack = dataclasses.replace(self._pack, lookahead=-(-self._pack.lookahead // self._groups))
+    self._group_pack = dataclasses.replace(self._pack,
+                                           lookahead=-(-self._pack.lookahead // self._groups))
     self._shape = batch_lib.BatchShape(rows=self._local, length=spec.max_length,
                                        images_per_row=self._pack.max_images, image_size=spec.image_size)
     self._fingerprint = {"num_records": self._num, "seed": self._seed, "process_index": process_index,
@@ -137,7 +138,8 @@ class DataIterator:
                          "packing_groups": self._groups}
     zero = {"tokens": 0, "token_slots": 0, "images": 0, "image_slots": 0}
     groups = [{"group": g, "epoch": 0, "position": 0, "carried": []} for g in self._owned]
-    self._state = {"version": STATE_VERSION, "epoch": 0, "groups": groups, "batches": 0, "samples": 0, "truncated": 0, "skipped": {}, "packed": dict(zero),
+    self._state = {"version": STATE_VERSION, "epoch": 0, "groups": groups, "batches": 0,
+                   "samples": 0, "truncated": 0, "skipped": {}, "packed": dict(zero),
                    "last_packed": dict(zero), "fingerprint": dict(self._fingerprint)}
     self._thread = self._queue = self._stop = None
     self._shard_cache: Dict[int, Dict[int, np.ndarray]] = {}  # epoch -> group -> sub-stream
