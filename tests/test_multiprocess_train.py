@@ -5,9 +5,9 @@ Spec: ``docs/jax_practices.md`` items 2, 5, 6 and 14 (multi-controller runs: per
 ``docs/environment.md`` section 3 (several CPU processes with gloo). Everything is real: the
 ``acformer_jax.train`` CLI, ``launch/local_multiprocess.sh``, the tfds demo builder, a
 SentencePiece tokenizer trained here, and Orbax checkpoints. The model is the tiny stage-2
-config (connector + LLM trained, 512-piece demo tokenizer) on 8-row batches, unpacked: with
-``data.packing`` every host packs its own shard, so 2 hosts x 4 rows pack other rows than
-1 host x 8 rows and the two runs differ by design (packed resume: tests/trainer/test_resume.py).
+config (connector + LLM trained, 512-piece demo tokenizer) on packed 8-row batches: with the
+default ``data.packing_groups`` (8 packers of one row each; each host packs the groups it owns)
+2 hosts x 4 rows form the same global batches as 1 host x 8 rows (docs/data.md 5.1).
 """
 import json
 import os
@@ -34,8 +34,9 @@ def _train_args(workdir, tfds_dir, tok_dir, delay=0.0, cache=True):
   # process 1 compiles it, and process 0's first collective times out (gloo: 30 s).
   return ["--config", str(ROOT / "configs" / "tiny_acformer_stage2.py"), "--workdir", str(workdir),
           "--config.data.builder=acformer_demo/qa_tiny", f"--config.data.data_dir={tfds_dir}",
-          f"--config.data.tokenizer_path={tok_dir}", "--config.data.packing=False",
-          "--config.data.max_length=128", "--config.data.max_images_per_row=1",
+          f"--config.data.tokenizer_path={tok_dir}", "--config.data.packing=True",
+          "--config.data.max_length=256", "--config.data.max_images_per_row=2",
+          "--config.data.packing_lookahead=32",
           "--config.data.num_workers=1", "--config.init.allow_random=True",
           "--config.train.global_batch_size=8", f"--config.train.steps={STEPS}",
           "--config.train.log_every=1", "--config.train.progress_bar=False",
@@ -129,6 +130,9 @@ def test_two_processes_killed_and_resumed_match_one_process(tmp_path):
   summary = json.loads((run / "summary.json").read_text())
   assert summary["status"] == "completed" and summary["step"] == STEPS
 
+  # The rows really were packed (more samples than rows).
+  data_ref = json.loads((ref / "summary.json").read_text())["data"]
+  assert data_ref["samples"] > STEPS * 8, data_ref
   want, got = _losses(ref), _losses(run)
   assert sorted(want) == list(range(1, STEPS + 1)) and sorted(got) == sorted(want)
   assert len(got[EVERY + 1]) == 2, "step EVERY + 1 should be logged before the kill and after the resume"

@@ -8,10 +8,15 @@ on a background thread. Epochs chain without a break (so all hosts always have d
 Rows are filled by :mod:`acformer_jax.data.packing` (several samples per row with
 ``data.packing``, else one) in the :mod:`acformer_jax.batch` format.
 
-:meth:`DataIterator.get_state` is a small JSON-serialisable dict (epoch, position in the host
-shard, the record indices of the samples the packer carries over, counters) describing the
-point *after the last batch returned*; a fresh iterator given that state with
-:meth:`DataIterator.set_state` re-processes the carried records (processing is
+Packing groups (:func:`sampler.packing_groups`): the global order is split into ``G`` sub-streams,
+each packed by its own packer into ``global_batch / G`` rows per step; a host packs the groups it
+owns and emits their rows in group order, so the global batch does not depend on the number of
+hosts (any process count dividing ``G``). Unpacked runs use one group per host.
+
+:meth:`DataIterator.get_state` is a small JSON-serialisable dict (per owned group: epoch,
+position in the group's sub-stream, the record indices of the samples its packer carries over;
+counters) describing the point *after the last batch returned*; a fresh iterator given that
+state with :meth:`DataIterator.set_state` re-processes the carried records (processing is
 deterministic) and yields exactly the batches that would have come next.
 """
 from __future__ import annotations
@@ -34,7 +39,7 @@ from acformer_jax.data.packing import PackSpec, collate  # noqa: F401  (collate:
 from acformer_jax.data.preprocess import preprocess_image
 from acformer_jax.data.templates import IGNORE_INDEX, SampleError, tokenize_conversation
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 _END = object()
 
 
@@ -97,9 +102,11 @@ class DataIterator:
                lengths: Optional[Sequence[int]] = None, num_epochs: Optional[int] = None,
                drop_remainder: bool = True, prefetch: int = 2, num_workers: int = 2,
                with_index: bool = False, build_skipped: Optional[Mapping[str, int]] = None,
-               packing: Optional[PackSpec] = None):
+               packing: Optional[PackSpec] = None, packing_groups: Optional[int] = None):
     if global_batch % process_count:
       raise ValueError(f"global_batch {global_batch} must be divisible by process_count {process_count}")
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     self._source, self._spec, self._encoder = source, spec, encoder
     self._num = len(source)
     if self._num == 0:
@@ -113,19 +120,29 @@ class DataIterator:
     self._pack = packing or PackSpec(spec.max_length, 1, 0, one_per_row=True)
     if self._pack.max_length != spec.max_length:
       raise ValueError(f"packing.max_length {self._pack.max_length} != spec.max_length {spec.max_length}")
+    self._groups = sampler.packing_groups(global_batch, process_count, packing_groups,
+                                          packing=not self._pack.one_per_row)
+    per_host = self._groups // process_count
+    self._owned = list(range(process_index * per_host, (process_index + 1) * per_host))
+    self._group_rows = global_batch // self._groups
+    # packing_lookahead is the budget of the whole global batch, shared out over the groups.
+    self._group_pack = dataclasses.replace(self._pack,
+                                           lookahead=-(-self._pack.lookahead // self._groups))
     self._shape = batch_lib.BatchShape(rows=self._local, length=spec.max_length,
                                        images_per_row=self._pack.max_images, image_size=spec.image_size)
     self._fingerprint = {"num_records": self._num, "seed": self._seed, "process_index": process_index,
                          "process_count": process_count, "global_batch": global_batch,
                          "shuffle": bool(shuffle), "group_by_length": lengths is not None,
                          "packing": [not self._pack.one_per_row, self._pack.max_length,
-                                     self._pack.max_images, self._pack.lookahead]}
+                                     self._pack.max_images, self._pack.lookahead],
+                         "packing_groups": self._groups}
     zero = {"tokens": 0, "token_slots": 0, "images": 0, "image_slots": 0}
-    self._state = {"version": STATE_VERSION, "epoch": 0, "position": 0, "carried": [], "batches": 0,
+    groups = [{"group": g, "epoch": 0, "position": 0, "carried": []} for g in self._owned]
+    self._state = {"version": STATE_VERSION, "epoch": 0, "groups": groups, "batches": 0,
                    "samples": 0, "truncated": 0, "skipped": {}, "packed": dict(zero),
                    "last_packed": dict(zero), "fingerprint": dict(self._fingerprint)}
     self._thread = self._queue = self._stop = None
-    self._shard_cache = (None, None)
+    self._shard_cache: Dict[int, Dict[int, np.ndarray]] = {}  # epoch -> group -> sub-stream
 
   @property
   def num_records(self) -> int:
@@ -161,7 +178,7 @@ class DataIterator:
     return {"skipped": skipped, "skipped_total": sum(skipped.values()), "truncated": st["truncated"],
             "samples": st["samples"], "batches": st["batches"],
             "epoch": st["epoch"], "build_skipped": dict(self.build_skipped),
-            "carried": len(st["carried"]),
+            "carried": sum(len(g["carried"]) for g in st["groups"]),
             "token_efficiency": ratio(tot["tokens"], tot["token_slots"]),
             "image_efficiency": ratio(tot["images"], tot["image_slots"]),
             "last_token_efficiency": ratio(last["tokens"], last["token_slots"]),
@@ -216,16 +233,20 @@ class DataIterator:
         pass
     return False
 
-  def _shard(self, epoch: int) -> np.ndarray:
-    if self._shard_cache[0] != epoch:
+  def _shard(self, epoch: int, group: int) -> np.ndarray:
+    """Group ``group``'s sub-stream of ``epoch`` (the same for any process count)."""
+    if epoch not in self._shard_cache:
       order = sampler.epoch_order(self._num, epoch, self._seed, shuffle=self._shuffle,
                                   lengths=self._lengths, global_batch=self._global)
-      self._shard_cache = (epoch, sampler.host_shard(order, self._global, self._pi, self._pc))
-    return self._shard_cache[1]
+      for old in sorted(self._shard_cache)[:-1]:  # groups may straddle two epochs
+        del self._shard_cache[old]
+      self._shard_cache[epoch] = {g: sampler.host_shard(order, self._global, g, self._groups)
+                                  for g in self._owned}
+    return self._shard_cache[epoch][group]
 
-  def _candidates(self, epoch: int, position: int):
+  def _candidates(self, group: int, epoch: int, position: int):
     while self._num_epochs is None or epoch < self._num_epochs:
-      shard = self._shard(epoch)
+      shard = self._shard(epoch, group)
       for pos in range(position, len(shard)):
         if self._stop.is_set():
           return
@@ -239,35 +260,36 @@ class DataIterator:
     except SampleError as e:
       return e
 
-  def _results(self, items):
-    if self._workers <= 0:
+  def _results(self, items, pool):
+    if pool is None:
       for item in items:
         yield item, self._work(item)
       return
-    with concurrent.futures.ThreadPoolExecutor(self._workers) as pool:
-      pending = collections.deque()
-      for item in items:
-        pending.append((item, pool.submit(self._work, item)))
-        if len(pending) > 2 * self._workers + self._local:
-          head, fut = pending.popleft()
-          yield head, fut.result()
-      while pending:
+    pending = collections.deque()
+    for item in items:
+      pending.append((item, pool.submit(self._work, item)))
+      if len(pending) > 2 * self._workers + self._group_rows:
         head, fut = pending.popleft()
         yield head, fut.result()
+    while pending:
+      head, fut = pending.popleft()
+      yield head, fut.result()
 
-  def _stream(self, state: Dict[str, Any]):
-    """Good ``(record index, sample)`` pairs after ``state``'s position; updates ``state``
-    (position, skips, truncations) as each one is handed out."""
-    run = {"epoch": state["epoch"], "good": 0, "skipped": 0}  # guards against all-bad data
-    for (epoch, pos, idx, _), result in self._results(self._candidates(state["epoch"], state["position"])):
+  def _stream(self, state: Dict[str, Any], group: Dict[str, Any], pool):
+    """Good ``(record index, sample)`` pairs of one group after its position; updates ``group``
+    (epoch, position) and ``state`` (skips, truncations) as each one is handed out."""
+    run = {"epoch": group["epoch"], "good": 0, "skipped": 0}  # guards against all-bad data
+    g = group["group"]
+    for (epoch, pos, idx, _), result in self._results(
+        self._candidates(g, group["epoch"], group["position"]), pool):
       if self._stop.is_set():
         return
       if epoch != run["epoch"]:
-        if run["good"] == 0 and run["skipped"] >= len(self._shard(run["epoch"])):
-          raise RuntimeError(f"every sample of epoch {run['epoch']} on this host was skipped: "
+        if run["good"] == 0 and run["skipped"] >= len(self._shard(run["epoch"], g)):
+          raise RuntimeError(f"every sample of epoch {run['epoch']} in packing group {g} was skipped: "
                              f"{state['skipped']} (check data.max_length / template / data paths)")
         run = {"epoch": epoch, "good": 0, "skipped": 0}
-      state["epoch"], state["position"] = epoch, pos + 1
+      group["epoch"], group["position"] = epoch, pos + 1
       if isinstance(result, SampleError):
         state["skipped"][result.reason] = state["skipped"].get(result.reason, 0) + 1
         run["skipped"] += 1
@@ -288,6 +310,7 @@ class DataIterator:
     return out
 
   def _emit(self, rows, state: Dict[str, Any]) -> bool:
+    state["epoch"] = min(g["epoch"] for g in state["groups"])
     samples = [[s for _, s in row] for row in rows]
     idxs = [[i for i, _ in row] for row in rows] if self._with_index else None
     batch = collate(samples, self._shape, self._encoder.pad_id, idxs)
@@ -300,29 +323,35 @@ class DataIterator:
       state["packed"][k] += eff[k]
     return self._put((batch, copy.deepcopy(state)))
 
+  def _pack_step(self, carried, streams, state):
+    """One step of every owned group: ``(rows in group order, any group's stream ran dry)``."""
+    rows, exhausted = [], False
+    for k, group in enumerate(state["groups"]):
+      got, carried[k], dry = packing_lib.pack_batch(carried[k], streams[k], self._group_rows,
+                                                    self._group_pack, sample_of=lambda item: item[1])
+      group["carried"] = [i for i, _ in carried[k]]
+      rows.extend(got)
+      exhausted = exhausted or dry
+    return rows, exhausted
+
   def _produce(self, state: Dict[str, Any]) -> None:
+    pool = None
     try:
-      carried = self._restore_carried(state["carried"])
-      stream = self._stream(state)
+      if self._workers > 0:
+        pool = concurrent.futures.ThreadPoolExecutor(self._workers)
+      carried = [self._restore_carried(g["carried"]) for g in state["groups"]]
+      streams = [self._stream(state, g, pool) for g in state["groups"]]
       while True:
-        rows, carried, exhausted = packing_lib.pack_batch(carried, stream, self._local, self._pack,
-                                                          sample_of=lambda item: item[1])
+        rows, exhausted = self._pack_step(carried, streams, state)
         if self._stop.is_set():
           return
-        state["carried"] = [i for i, _ in carried]
-        if not exhausted:
-          if not self._emit(rows, state):
-            return
-          continue
-        if self._drop:
-          break
-        while any(rows):  # the end of a finite run: pad out what is left
-          if not self._emit(rows, state):
-            return
-          rows, carried, _ = packing_lib.pack_batch(carried, iter(()), self._local, self._pack,
-                                                    sample_of=lambda item: item[1])
-          state["carried"] = [i for i, _ in carried]
-        break
+        if exhausted and (self._drop or not any(rows)):
+          break  # a finite run ends; without drop_remainder its tail is padded out first
+        if not self._emit(rows, state):
+          return
       self._put(_END)
     except BaseException as e:  # surfaced to the consumer  # pylint: disable=broad-except
       self._put(e)
+    finally:
+      if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)

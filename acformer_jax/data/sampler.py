@@ -72,3 +72,34 @@ def host_shard(order: np.ndarray, global_batch: int, process_index: int, process
   full = (len(order) // global_batch) * global_batch
   body = order[:full].reshape(-1, global_batch)[:, process_index * local:(process_index + 1) * local]
   return np.concatenate([body.reshape(-1), order[full:][process_index::process_count]])
+
+
+def packing_groups(global_batch: int, process_count: int, groups: Optional[int] = None, *,
+                   packing: bool = True) -> int:
+  """The number ``G`` of packing groups of a global batch (docs/data.md 5.1).
+
+  Group ``g`` of ``G`` packs sub-stream :func:`host_shard` ``(order, global_batch, g, G)`` into
+  ``global_batch / G`` rows per step with its own packer; host ``p`` owns groups
+  ``[p G / P, (p + 1) G / P)``. The global batch is then the same for every process count that
+  divides ``G``. Unpacked runs use one group per host (the classic per-host shard). ``groups``
+  None with packing: ``gcd(global_batch, 8)`` when the process count divides it, else one group
+  per row.
+
+  Raises:
+    ValueError: naming ``data.packing_groups`` when ``G`` does not divide the global batch or is
+      not a multiple of the process count.
+  """
+  if not packing:
+    return int(process_count)
+  if groups is None:
+    groups = int(np.gcd(int(global_batch), 8))
+    if groups % process_count:
+      groups = int(global_batch)
+  groups = int(groups)
+  if groups < 1 or global_batch % groups:
+    raise ValueError(f"data.packing_groups={groups} must be >= 1 and divide the global batch "
+                     f"(train.global_batch_size={global_batch})")
+  if groups % process_count:
+    raise ValueError(f"data.packing_groups={groups} must be a multiple of the process count "
+                     f"({process_count}): every host packs whole groups")
+  return groups

@@ -34,7 +34,8 @@ _DEFAULTS: Dict[str, Any] = {
     "max_length": 2048,        # T: tokens per row after image expansion (LLaVA model_max_length)
     "packing": False,          # several samples per row (segment ids; docs/data.md "Packing")
     "max_images_per_row": 1,   # M with packing: image slots per row (text-only samples take none)
-    "packing_lookahead": 64,   # samples the packer may hold back for later rows (carried over)
+    "packing_lookahead": 64,   # samples the packers may hold back for later rows (ceil(64 / G) each)
+    "packing_groups": None,    # G packers per global batch (None = gcd(batch, 8)); docs/data.md 5.1
     "overlong": "truncate",    # truncate (LLaVA) | skip
     "global_batch_size": 128,
     "image_size": None,        # None = model_config.vision.image_size
@@ -55,7 +56,7 @@ def default_data_config():
   from ml_collections import config_dict  # pylint: disable=import-outside-toplevel
   cfg = ml_collections.ConfigDict()
   for k, v in _DEFAULTS.items():
-    cfg[k] = config_dict.placeholder(int if k in ("image_size", "seed", "num_epochs") else str) if v is None else v
+    cfg[k] = config_dict.placeholder(int if k in ("image_size", "seed", "num_epochs", "packing_groups") else str) if v is None else v
   return cfg
 
 
@@ -202,7 +203,7 @@ def make_train_iterator(data_config, tokenizer, model_config, process_index: int
       seed=int(cfg["seed"] if cfg["seed"] is not None else seed), shuffle=bool(cfg["shuffle"]),
       lengths=lengths, num_epochs=cfg["num_epochs"], drop_remainder=bool(cfg["drop_remainder"]),
       prefetch=int(cfg["prefetch"]), num_workers=int(cfg["num_workers"]), with_index=with_index,
-      build_skipped=build_skipped, packing=pack)
+      build_skipped=build_skipped, packing=pack, packing_groups=cfg["packing_groups"])
   it.data_fingerprint = data_fp
   it.data_dir = str(builder.data_dir)
   return it

@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence
 
 from acformer_jax import config as config_lib
 from acformer_jax import sharding as sharding_lib
+from acformer_jax.data import sampler
 from acformer_jax.models import connectors, registry, towers
 from acformer_jax.models import attention as attention_lib
 from acformer_jax.models.layers import REMAT_POLICIES
@@ -129,6 +130,11 @@ def validate(config, *, num_devices: int, process_count: int = 1) -> config_lib.
           f"{mesh[1]} = {batch_devices}")
   if gb >= 1 and gb % process_count:
     errors.append(f"train.global_batch_size={gb} must be divisible by the {process_count} processes")
+  elif gb >= 1 and config.data.get("packing"):
+    try:
+      sampler.packing_groups(gb, process_count, config.data.get("packing_groups"))
+    except ValueError as e:
+      errors.append(str(e))
   _check_length(t, config.data, errors)
   if int(t.log_every) < 1:
     errors.append(f"train.log_every={t.log_every} must be >= 1")

@@ -1,5 +1,6 @@
 """Sequence packing (issue #13): the packer's limits and determinism, the packed batch format,
-exact resume of the carried-over buffer, and per-host packing of the host's own shard."""
+exact resume of the carried-over buffer, and packing groups: the same global batches for any
+number of hosts."""
 import json
 
 import numpy as np
@@ -116,7 +117,9 @@ def test_packed_iterator_resumes_exactly(demo_data_dir, tokenizer_dir):
     next(first)
   state = json.loads(json.dumps(first.get_state()))
   first.close()
-  assert state["carried"] and len(state["carried"]) <= 8  # record indices, not arrays
+  carried = [g["carried"] for g in state["groups"]]
+  assert len(carried) == 4 and any(carried)  # default packing_groups = gcd(4, 8): 1 row each
+  assert all(len(c) <= 2 for c in carried)  # ceil(8 / 4) record indices each, not arrays
   again = make_train_iterator(_packed_cfg(demo_data_dir), tok, MODEL, 0, 1, seed=3, with_index=True)
   again.set_state(state)
   for k in range(3, 7):
@@ -136,6 +139,52 @@ def test_packed_iterator_resumes_exactly(demo_data_dir, tokenizer_dir):
     it.close()
 
 
+def _take(it, n):
+  out = [next(it) for _ in range(n)]
+  return out, json.loads(json.dumps(it.get_state()))
+
+
+def _concat(*host_batches):
+  return {k: np.concatenate([b[k] for b in host_batches]) for k in host_batches[0]}
+
+
+def test_packed_batches_do_not_depend_on_the_host_count(demo_data_dir, tokenizer_dir):
+  """Packing groups: 1 host x 4 rows and 2 hosts x 2 rows form the same global batches, and a
+  host resumed from its state continues them exactly."""
+  tok = load_tokenizer(tokenizer_dir)
+  cfg = _packed_cfg(demo_data_dir, packing_groups=2, packing_lookahead=4)
+  make = lambda host, count: make_train_iterator(cfg, tok, MODEL, host, count, seed=5,  # noqa: E731
+                                                 with_index=True)
+  one, _ = _take(make(0, 1), 6)
+  hosts = [make(0, 2), make(1, 2)]
+  firsts = [_take(h, 3) for h in hosts]
+  states = [s for _, s in firsts]
+  assert [[g["group"] for g in s["groups"]] for s in states] == [[0], [1]]
+  resumed = [make(p, 2) for p in (0, 1)]
+  for it, state in zip(resumed, states):
+    it.set_state(state)
+  rest = [_take(it, 3)[0] for it in resumed]
+  two = [_concat(a, b) for a, b in zip(firsts[0][0] + rest[0], firsts[1][0] + rest[1])]
+  assert sum(int(b["segment_ids"].max(1).sum()) for b in one) > 2 * 6 * 4 / 2  # really packed
+  for k, (a, b) in enumerate(zip(one, two)):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(b[key], a[key], err_msg=f"batch {k} key {key}")
+  with pytest.raises(ValueError, match="data.packing_groups=2 must be a multiple of the process count"):
+    make_train_iterator(cfg, tok, MODEL, 0, 4)
+  with pytest.raises(ValueError, match="data.packing_groups=3 must be >= 1 and divide"):
+    make_train_iterator(_packed_cfg(demo_data_dir, packing_groups=3), tok, MODEL, 0, 1)
+  for it in hosts + resumed:
+    it.close()
+
+
+def test_packing_groups_default():
+  assert sampler.packing_groups(128, 1) == sampler.packing_groups(128, 4) == 8
+  assert sampler.packing_groups(4, 2) == 4 and sampler.packing_groups(12, 1) == 4
+  assert sampler.packing_groups(48, 16) == 48  # 16 hosts cannot share 8 groups: one per row
+  assert sampler.packing_groups(8, 2, packing=False) == 2  # unpacked: one group per host
+
+
 def test_every_host_packs_its_own_shard(demo_data_dir, tokenizer_dir):
   tok = load_tokenizer(tokenizer_dir)
   cfg = _packed_cfg(demo_data_dir, num_epochs=1, drop_remainder=False)
@@ -152,6 +201,7 @@ def test_every_host_packs_its_own_shard(demo_data_dir, tokenizer_dir):
           assert len(ids) == 1
           records.append(int(ids[0]))
     assert len(set(records)) == len(records)
-    assert set(records) == set(sampler.host_shard(order, 4, host, 2).tolist())
+    groups = (2 * host, 2 * host + 1)  # 4 groups (gcd(4, 8)), two per host
+    assert set(records) == {int(i) for g in groups for i in sampler.host_shard(order, 4, g, 4)}
     seen.append(set(records))
   assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(256))

@@ -75,6 +75,7 @@ def _tiny_config():
     (lambda c: c.init.update(allow_random=False), "no parameter source for \\['vision', 'llm'\\]"),
     (lambda c: c.init.update(llm="hf_clip:/x"), "hf_clip can only initialise vision"),
     (lambda c: c.model.update(remat_policy="most"), "model.remat_policy='most' is not one of"),
+    (lambda c: c.data.update(packing_groups=3), "data.packing_groups=3 must be >= 1 and divide the global batch"),
 ])
 def test_validation_names_the_field(edit, message):
   c = _tiny_config()
