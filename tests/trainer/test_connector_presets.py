@@ -27,11 +27,16 @@ def test_paper_presets_validate_with_their_budgets(kind):
     mc = validate.validate(c, num_devices=16)
     want = {"c_abstractor": k, "evit": k + 2}.get(kind, tokens)
     assert (mc.connector.type, C.num_visual_tokens(mc)) == (kind, want)
-    assert c.data.max_length == -(-(want + 1 + 128) // 128) * 128
+    # Packed into LLaVA's 2048-token rows with the image slots of the AcFormer preset of the
+    # same budget (experiment.PACKING).
+    assert c.data.packing and c.data.max_length == 2048
+    assert c.data.max_images_per_row == experiment.PACKING[(1, f"acformer{k}")][0]
 
 
 def test_connector_override_gets_its_own_max_length():
+  """Unpacked stage 1 (data.max_length = AUTO): the length follows the final connector."""
   c = _get_config("acformer64")
+  c.data.packing, c.data.max_length = False, experiment.AUTO_MAX_LENGTH
   c.model.connector.type = "mlp2x_gelu"  # as --config.model.connector.type=mlp2x_gelu does
   validate.validate(c, num_devices=16)
   assert c.data.max_length == 768  # 576 tokens, not acformer64's 256
