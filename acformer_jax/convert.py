@@ -50,7 +50,7 @@ _NUM_QUERIES = flags.DEFINE_integer("num_queries", None, "acformer: the anchor b
                                     "config.json has no acformer_num_queries (e.g. 144).")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer directory (default: the input's).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of a fresh connector.")
-DEFAULT_MESH = "1,-1,1"  # (also when a verb imported beside this one redefines --mesh: tests)
+DEFAULT_MESH = "1,-1,1"  # also when a verb imported beside this one redefines --mesh (tests)
 _MESH = flags.DEFINE_string("mesh", DEFAULT_MESH, "data,fsdp,tensor mesh the params are placed on.")
 _SKIP_CHECK = flags.DEFINE_bool("skip_check", False, "Skip the PyTorch-vs-JAX self-check.")
 _TOL = flags.DEFINE_float("check_tolerance", 1e-3, "Self-check bound on max|Δlogit| relative "
@@ -84,7 +84,7 @@ def main(argv) -> int:
   try:
     report = pipeline.convert(
         _FORMAT.value, _INPUT.value, _OUTPUT.value, vision=_VISION.value, llm=_LLM.value,
-        mesh=sharding.make_mesh(sharding.parse_mesh_flag(_MESH.value or DEFAULT_MESH)), param_dtype=_PARAM_DTYPE.value,
+        mesh=sharding.make_mesh(sharding.parse_mesh_flag(flags.FLAGS["mesh"].value or DEFAULT_MESH)), param_dtype=_PARAM_DTYPE.value,
         connector=connector, select_layer=_SELECT_LAYER.value, seed=_SEED.value,
         num_queries=_NUM_QUERIES.value,
         skip_check=_SKIP_CHECK.value, tolerance=_TOL.value, overwrite=_OVERWRITE.value,

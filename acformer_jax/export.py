@@ -27,7 +27,7 @@ _LAYOUT = flags.DEFINE_string("layout", None, "hf-llava key layout: legacy, tran
 _DTYPE = flags.DEFINE_string("dtype", None, "Tensor dtype (default: the source checkpoint's "
                              "dtype when known, else the stored params').")
 _SHARD = flags.DEFINE_string("max_shard_size", "5GB", "Largest safetensors shard.")
-DEFAULT_MESH = "1,-1,1"  # (also when a verb imported beside this one redefines --mesh: tests)
+DEFAULT_MESH = "1,-1,1"  # also when a verb imported beside this one redefines --mesh (tests)
 _MESH = flags.DEFINE_string("mesh", DEFAULT_MESH, "data,fsdp,tensor mesh to restore onto.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "tqdm progress bar (process 0).")
@@ -48,7 +48,7 @@ def main(argv) -> int:
   try:
     out = exporting.export(
         _CHECKPOINT.value, _FORMAT.value, _OUTPUT.value,
-        mesh=sharding.make_mesh(sharding.parse_mesh_flag(_MESH.value or DEFAULT_MESH)), layout=_LAYOUT.value,
+        mesh=sharding.make_mesh(sharding.parse_mesh_flag(flags.FLAGS["mesh"].value or DEFAULT_MESH)), layout=_LAYOUT.value,
         dtype=_DTYPE.value, max_shard_size=_SHARD.value, overwrite=_OVERWRITE.value,
         progress=_PROGRESS.value and info.process_index == 0)
   except (ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError) as e:
