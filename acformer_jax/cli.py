@@ -31,6 +31,13 @@ def define(kind: str, name: str, default, help_text: str, **kwargs) -> flags.Fla
   return getattr(flags, f"DEFINE_{kind}")(name, default, help_text, allow_override=True, **kwargs)
 
 
+def shared_value(name: str, default):
+  """The value of ``--name``, a flag another verb may also define (with another default)
+  when both are imported into one process: unset there, ``default`` applies."""
+  value = FLAGS[name].value
+  return default if value is None else value
+
+
 def key_flags(*names: str) -> None:
   """Shows ``names`` (already defined elsewhere) in the calling verb's ``--help``."""
   for n in names:

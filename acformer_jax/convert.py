@@ -44,7 +44,8 @@ _PARAM_DTYPE = flags.DEFINE_enum("param_dtype", "auto", ["auto", "float32", "bfl
                                  "all bfloat16, else float32 (lossless).")
 _CONNECTOR = flags.DEFINE_string("connector", None, "JSON ConnectorConfig fields for a fresh "
                                  "connector (hf-clip / hf-<family>) or resampler sizes (stage 1).")
-_SELECT_LAYER = flags.DEFINE_integer("select_layer", -2, "Vision feature layer when the input "
+DEFAULT_SELECT_LAYER = -2
+_SELECT_LAYER = flags.DEFINE_integer("select_layer", DEFAULT_SELECT_LAYER, "Vision feature layer when the input "
                                      "has no config for it (hf-clip, hf-<family>, llava-stage1).")
 _NUM_QUERIES = flags.DEFINE_integer("num_queries", None, "acformer: the anchor budget K when "
                                     "config.json has no acformer_num_queries (e.g. 144).")
@@ -84,8 +85,8 @@ def main(argv) -> int:
   try:
     report = pipeline.convert(
         _FORMAT.value, _INPUT.value, _OUTPUT.value, vision=_VISION.value, llm=_LLM.value,
-        mesh=sharding.make_mesh(sharding.parse_mesh_flag(flags.FLAGS["mesh"].value or DEFAULT_MESH)), param_dtype=_PARAM_DTYPE.value,
-        connector=connector, select_layer=_SELECT_LAYER.value, seed=_SEED.value,
+        mesh=sharding.make_mesh(sharding.parse_mesh_flag(cli.shared_value("mesh", DEFAULT_MESH))), param_dtype=_PARAM_DTYPE.value,
+        connector=connector, select_layer=cli.shared_value("select_layer", DEFAULT_SELECT_LAYER), seed=_SEED.value,
         num_queries=_NUM_QUERIES.value,
         skip_check=_SKIP_CHECK.value, tolerance=_TOL.value, overwrite=_OVERWRITE.value,
         tokenizer=_TOKENIZER.value, progress=_PROGRESS.value and info.process_index == 0)

@@ -48,7 +48,7 @@ def main(argv) -> int:
   try:
     out = exporting.export(
         _CHECKPOINT.value, _FORMAT.value, _OUTPUT.value,
-        mesh=sharding.make_mesh(sharding.parse_mesh_flag(flags.FLAGS["mesh"].value or DEFAULT_MESH)), layout=_LAYOUT.value,
+        mesh=sharding.make_mesh(sharding.parse_mesh_flag(cli.shared_value("mesh", DEFAULT_MESH))), layout=_LAYOUT.value,
         dtype=_DTYPE.value, max_shard_size=_SHARD.value, overwrite=_OVERWRITE.value,
         progress=_PROGRESS.value and info.process_index == 0)
   except (ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError) as e:
