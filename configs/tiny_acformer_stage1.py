@@ -7,13 +7,14 @@ Recipe as ``docs/method.md`` 2.1 (connector only, ``plain``, warmup 0.03 + cosin
 the batch and step count scaled to the demo. The towers are random (nothing pretrained exists
 offline), so the LLM is frozen random here; stage 2 trains it.
 """
+from acformer_jax.demo import recipe
 from acformer_jax.trainer import experiment
 
 
 def get_config():
   c = experiment.base_config()
   experiment.stage1(c)
-  experiment.tiny(c, "acformer")
+  recipe.tiny(c, "acformer")
   c.data.builder = "acformer_demo/caption_56"
   # Packed: captions are 27-55 tokens with the 17 visual ones, so a 192-token row holds about
   # 4.5 of them (5 image slots); 8 rows see ~36 samples per step (32 unpacked 64-token rows

@@ -10,13 +10,14 @@ learning rate is 1e-3 rather than LLaVA's 2e-5 because the tiny LLM starts from 
 weights, not from Vicuna. ``eval``: held-out demo accuracy at the end of the run
 (``trainer/evaluation.py``).
 """
+from acformer_jax.demo import recipe
 from acformer_jax.trainer import experiment
 
 
 def get_config():
   c = experiment.base_config()
   experiment.stage2(c)
-  experiment.tiny(c, "acformer")
+  recipe.tiny(c, "acformer")
   c.data.builder = "acformer_demo/qa_56"
   # Packed: the QA samples are 120-155 tokens untruncated (128-token rows cut the second
   # turn of half of them), so a 512-token row holds 3-4 (4 image slots); 16 rows see ~50

@@ -5,6 +5,7 @@
   python -m acformer_jax.train --config configs/tiny_mlp.py:stage2 --workdir /tmp/mlp2 \
       --local_device_count=8 --config.data.data_dir=/tmp/tfds --config.init.params_from=orbax:/tmp/mlp1
 """
+from acformer_jax.demo import recipe
 from acformer_jax.trainer import experiment
 
 
@@ -14,7 +15,7 @@ def get_config(arg: str = "stage1"):
   c = experiment.base_config()
   if arg == "stage1":
     experiment.stage1(c)
-    experiment.tiny(c, "mlp2x_gelu")
+    recipe.tiny(c, "mlp2x_gelu")
     c.data.builder = "acformer_demo/caption_56"
     # Captions with 64 visual tokens: 74-102 tokens; 8 rows of 384 hold ~32 samples per step.
     c.data.max_length = 384
@@ -23,7 +24,7 @@ def get_config(arg: str = "stage1"):
     c.train.steps = 150
   else:
     experiment.stage2(c)
-    experiment.tiny(c, "mlp2x_gelu")
+    recipe.tiny(c, "mlp2x_gelu")
     c.data.builder = "acformer_demo/qa_56"
     # QA with 64 visual tokens: 167-202 tokens untruncated; 16 rows of 512 (3 image slots)
     # hold ~35 samples per step.

@@ -5,4 +5,6 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then sed -n 2,2p "$0" | sed '
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
 export JAX_PLATFORMS=cpu
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@" tests
+# Two workers (pytest-xdist): most tests are compile-bound on one core. PYTEST_WORKERS=0 runs
+# them in this process.
+.venv/bin/python -m pytest -q -p no:cacheprovider -n "${PYTEST_WORKERS:-2}" --dist worksteal "$@" tests

@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 jax.config.update("jax_compilation_cache_dir", str(ROOT / ".cache" / "jax_tests"))
@@ -32,3 +33,12 @@ except ImportError:  # pragma: no cover
   pass
 
 ASSETS = ROOT / ".assets"
+
+
+@pytest.fixture(scope="session")
+def demo_data_dir(tmp_path_factory):
+  """``acformer_demo/qa_tiny`` built once (256 train / 32 test, 56 px)."""
+  from acformer_jax.data.builders import AcformerDemo
+  d = tmp_path_factory.mktemp("tfds")
+  AcformerDemo(config="qa_tiny", data_dir=str(d)).download_and_prepare()
+  return d

@@ -105,7 +105,7 @@ def _wait_past_checkpoint(run, proc, timeout=600):
 def test_two_processes_killed_and_resumed_match_one_process(tmp_path):
   import tensorflow_datasets as tfds
   import acformer_jax.data.builders  # noqa: F401  (registers acformer_demo)
-  from acformer_jax.trainer import demo_tokenizer
+  from acformer_jax.demo import tokenizer as demo_tokenizer
   tfds_dir, tok = tmp_path / "tfds", demo_tokenizer.build(tmp_path / "tok")
   # Multi-process runs do not build datasets (every host would); prepare it once here.
   tfds.builder("acformer_demo/qa_tiny", data_dir=str(tfds_dir)).download_and_prepare()

@@ -69,7 +69,7 @@ def variant_config(cfg, name: str, *, max_length: int, images_per_row: int = 1,
   rows of ``max_length`` tokens and ``images_per_row`` image slots (packed rows when > 1)."""
   c = copy.deepcopy(cfg)
   mc = variant(model_config(cfg), name)
-  c.model.connector = experiment._dict_of(mc.connector)  # pylint: disable=protected-access
+  c.model.connector = experiment.dict_of(mc.connector)
   c.data.max_length = int(max_length)
   c.data.packing = images_per_row > 1
   c.data.max_images_per_row = int(images_per_row)
@@ -108,7 +108,7 @@ def config_for_model(mc: config_lib.ModelConfig, *, max_length: int, global_batc
   (experiment.stage1 if stage == 1 else experiment.stage2)(c)
   d = config_lib.model_config_to_dict(mc)
   for k in ("vision", "llm", "connector"):
-    c.model[k] = experiment._dict_of(getattr(mc, k))  # pylint: disable=protected-access
+    c.model[k] = experiment.dict_of(getattr(mc, k))
     del d[k]
   c.model.update(d)
   c.data.max_length = int(max_length)

@@ -7,33 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Callable
+from typing import Callable, Optional
+
+from acformer_jax import demo
+from acformer_jax.demo import scoring as demo_scoring
 
 from acformer_jax.evals import base
 from acformer_jax.evals import io as eio
 from acformer_jax.evals import llava_bench, mmbench, mme, mmvet, pope, prompts, scienceqa, vqa
-
-
-def _score_demo(answers, data, *, questions=None, judge=(), out=None) -> base.ScoreResult:
-  """The demo set (acformer_jax.data.demo): exact match per category."""
-  del judge, out
-  try:
-    from acformer_jax.data.demo import score_demo  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise eio.EvalDataError(f"benchmark 'demo' needs acformer_jax.data.demo.score_demo, which "
-                            f"is not available ({e})") from None
-  qs = eio.read_jsonl(base.question_file(data, questions, "questions.jsonl"))
-  gt = eio.read_jsonl(base.find_file(data, ["ground_truth.jsonl"], "demo ground truth"))
-  recs = eio.read_answers(answers)
-  eio.index_answers(recs, [q["question_id"] for q in qs], lambda r: r["question_id"], answers)
-  res = score_demo(recs, gt)
-  metrics = {"accuracy": res["overall"], "prior_baseline": res["prior_baseline"],
-             "num_questions": res["num_questions"], "num_missing": res["num_missing"]}
-  metrics.update({f"category_{c}": v for c, v in res["per_category"].items()})
-  lines = [f"demo accuracy: {res['overall']:.2f} ({res['num_questions']} questions); "
-           f"best answer-prior baseline: {res['prior_baseline']:.2f}"]
-  lines += [f"  {c:<10} {v:.2f}" for c, v in res["per_category"].items()]
-  return base.ScoreResult(metrics, lines)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +24,10 @@ class Benchmark:
   question_file: str
   fmt: str  # "jsonl" | "sqa_json" | "mmbench_tsv"
   score: Callable[..., base.ScoreResult]
+  # For a generated held-out set: writes questions.jsonl, ground_truth.jsonl and images/ into
+  # a folder (``export(out, image_size=, num_test=, seed=)``); the trainer's in-job
+  # evaluation calls it when no question file is given.
+  export: Optional[Callable[..., object]] = None
 
 
 BENCHMARKS = {b.name: b for b in (
@@ -56,7 +41,7 @@ BENCHMARKS = {b.name: b for b in (
     Benchmark("vizwiz", "llava_test.jsonl", "jsonl", vqa.score_vizwiz),
     Benchmark("mmvet", mmvet.QUESTION_FILE, "jsonl", mmvet.score),
     Benchmark("llava_bench", llava_bench.QUESTION_FILE, "jsonl", llava_bench.score),
-    Benchmark("demo", "questions.jsonl", "jsonl", _score_demo),
+    Benchmark("demo", "questions.jsonl", "jsonl", demo_scoring.score, demo.export_eval),
 )}
 
 

@@ -11,9 +11,9 @@ logs ``eval/<metric>`` scalars. So the accuracy a job reports is the accuracy ``
 
 ``config.eval`` fields: ``benchmark`` ("" = off), ``questions``, ``images``, ``data`` (the
 scorer's folder, laid out like ``eval_fixtures/<benchmark>/``), ``every`` (steps; 0 = only
-at the end), ``batch_size``. For ``benchmark="demo"`` with no ``questions``, the held-out
-demo questions (``data.demo.export_eval``: ``num_questions``, ``seed``, the model's image
-size) are written to ``<workdir>/eval_data`` first.
+at the end), ``batch_size``. For a benchmark that generates its held-out set (its registry
+entry's ``export``, e.g. the offline demo's) and no ``questions``, that set (``num_questions``,
+``seed``, the model's image size) is written to ``<workdir>/eval_data`` first.
 """
 from __future__ import annotations
 
@@ -67,12 +67,10 @@ def prepare(eval_config, workdir: pathlib.Path, image_size: int) -> Optional[Eva
   e = eval_config
   bench = registry.get(e.benchmark)
   questions, images, data = e.get("questions"), e.get("images"), e.get("data")
-  if bench.name == "demo" and not questions:
+  if bench.export is not None and not questions:  # a generated held-out set
     data = pathlib.Path(workdir) / "eval_data"
     if jax.process_index() == 0 and not (data / "ground_truth.jsonl").is_file():
-      from acformer_jax.data import demo  # pylint: disable=import-outside-toplevel
-      demo.export_eval(data, image_size=image_size, num_test=int(e.num_questions),
-                       seed=int(e.seed))
+      bench.export(data, image_size=image_size, num_test=int(e.num_questions), seed=int(e.seed))
     _sync("acformer_eval_data")
     questions, images = data / "questions.jsonl", data / "images"
   if not questions or not data:

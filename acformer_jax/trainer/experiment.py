@@ -40,7 +40,7 @@ AUTO_MAX_LENGTH = 0  # data.max_length: the connector's stage-1 rule, resolved a
 INIT_SUBTREES = ("vision", "connector", "llm")
 
 
-def _dict_of(dc) -> ml_collections.ConfigDict:
+def dict_of(dc) -> ml_collections.ConfigDict:
   import dataclasses  # pylint: disable=import-outside-toplevel
   d = dataclasses.asdict(dc)
   if "rope_scaling" in d and d["rope_scaling"] is None:
@@ -58,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   mc = config_lib.ModelConfig()
   c.model = ml_collections.ConfigDict({
-      "vision": _dict_of(mc.vision), "llm": _dict_of(mc.llm), "connector": _dict_of(mc.connector),
+      "vision": dict_of(mc.vision), "llm": dict_of(mc.llm), "connector": dict_of(mc.connector),
       "image_token_id": mc.image_token_id, "dtype": "bfloat16", "param_dtype": "float32",
       "scan_layers": True, "remat_policy": "minimal", "attention": mc.attention})
   c.mesh = ml_collections.ConfigDict({"shape": (1, -1, 1), "dcn_shape": (1, 1, 1)})
@@ -109,9 +109,9 @@ def set_model(c: ml_collections.ConfigDict, *, llm: config_lib.LLMConfig,
   """Fills ``c.model`` from tower configs and a :data:`CONNECTOR_PRESETS` name."""
   if connector not in CONNECTOR_PRESETS:
     raise ValueError(f"connector preset {connector!r} is not one of {sorted(CONNECTOR_PRESETS)}")
-  c.model.llm = _dict_of(llm)
-  c.model.vision = _dict_of(vision)
-  c.model.connector = _dict_of(config_lib.ConnectorConfig(**CONNECTOR_PRESETS[connector]))
+  c.model.llm = dict_of(llm)
+  c.model.vision = dict_of(vision)
+  c.model.connector = dict_of(config_lib.ConnectorConfig(**CONNECTOR_PRESETS[connector]))
   c.model.image_token_id = llm.vocab_size
 
 
@@ -227,7 +227,7 @@ def family_llava15(llm: config_lib.LLMConfig, stage: int, connector: str,
   2 uses the LLM family's chat template (``models/registry.py``)."""
   from acformer_jax.models import registry  # pylint: disable=import-outside-toplevel
   c = vicuna_llava15("7b", stage, connector, remat_policy)
-  c.model.llm = _dict_of(llm)
+  c.model.llm = dict_of(llm)
   c.model.image_token_id = llm.vocab_size
   if stage == 2:
     c.data.template = registry.family(llm.family).template
@@ -284,34 +284,3 @@ def unset_model(c: ml_collections.ConfigDict) -> None:
       kind = type(v) if v is not None else sub.get_type(k) if hasattr(sub, "get_type") else str
       sub[k] = config_dict.placeholder(tuple if k == "rope_scaling" else kind)
   c.model.image_token_id = config_dict.placeholder(int)
-
-
-def tiny(c: ml_collections.ConfigDict, connector: str = "acformer") -> None:
-  """Tiny random towers for the CPU demo (``acformer_demo`` shapes at 56 px).
-
-  ViT: 56 px / patch 7 = 64 patches, 3 blocks (2 computed), 4 heads. LLM: 2 layers of 128
-  on the 512-piece demo tokenizer (``trainer/demo_tokenizer.py``, built on first use).
-  ``acformer``: budget 16 = 4 anchors per head -> 17 tokens (a 2-block resampler);
-  ``mlp2x_gelu``: all 64 patches.
-  """
-  from acformer_jax.trainer import demo_tokenizer  # pylint: disable=import-outside-toplevel
-  vision = config_lib.VisionConfig(image_size=56, patch_size=7, hidden_size=64,
-                                   intermediate_size=128, num_layers=3, num_heads=4)
-  llm = config_lib.LLMConfig(vocab_size=demo_tokenizer.VOCAB_SIZE, hidden_size=128,
-                             intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=4,
-                             max_position_embeddings=512)
-  c.model.vision = _dict_of(vision)
-  c.model.llm = _dict_of(llm)
-  c.model.image_token_id = llm.vocab_size
-  conn = dict(type=connector, num_queries=16, depth=2, heads=4, dim_head=16, ff_mult=2)
-  c.model.connector = _dict_of(config_lib.ConnectorConfig(**conn))
-  c.model.dtype = "float32"       # bf16 is slower than f32 on CPU (docs/environment.md 4)
-  c.model.remat_policy = "none"
-  c.mesh.shape = (4, 2, 1)        # 8 simulated CPU devices: data x FSDP
-  c.train.sharding_tolerance = 0.1
-  c.train.log_every = 10
-  c.checkpoint.every = 50
-  c.checkpoint.keep = 2
-  c.init.allow_random = True      # no pretrained tiny towers exist offline
-  c.data.num_workers = 2
-  c.data.tokenizer_path = str(demo_tokenizer.DEFAULT_DIR)

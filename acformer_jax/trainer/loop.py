@@ -53,10 +53,6 @@ def data_config(config) -> Dict[str, Any]:
 
 def make_data_iterator(config, mc):
   from acformer_jax.data.train_data import make_train_iterator  # pylint: disable=import-outside-toplevel
-  from acformer_jax.trainer import demo_tokenizer  # pylint: disable=import-outside-toplevel
-  path = config.data.get("tokenizer_path")
-  if path and pathlib.Path(path) == demo_tokenizer.DEFAULT_DIR and jax.process_index() == 0:
-    demo_tokenizer.build(demo_tokenizer.DEFAULT_DIR)  # idempotent; the tiny configs use it
   return make_train_iterator(data_config(config), None, mc, jax.process_index(),
                              jax.process_count(), seed=int(config.train.seed))
 

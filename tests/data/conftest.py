@@ -58,15 +58,6 @@ def tokenizer_dir(tiny_tokenizer_dir) -> pathlib.Path:
   return llama_asset_dir() or tiny_tokenizer_dir
 
 
-@pytest.fixture(scope="session")
-def demo_data_dir(tmp_path_factory):
-  """``acformer_demo/qa_tiny`` built once (256 train / 32 test, 56 px)."""
-  from acformer_jax.data.builders import AcformerDemo
-  d = tmp_path_factory.mktemp("tfds")
-  AcformerDemo(config="qa_tiny", data_dir=str(d)).download_and_prepare()
-  return d
-
-
 def _save(img, path, fmt):
   path.parent.mkdir(parents=True, exist_ok=True)
   img.save(path, format=fmt)

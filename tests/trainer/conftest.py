@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 def demo(tmp_path_factory):
   """``acformer_demo/qa_tiny`` (256 train rows, 56 px) and the demo tokenizer, built here."""
   from acformer_jax.data.builders import AcformerDemo  # pylint: disable=import-outside-toplevel
-  from acformer_jax.trainer import demo_tokenizer  # pylint: disable=import-outside-toplevel
+  from acformer_jax.demo import tokenizer as demo_tokenizer  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp("demo")
   AcformerDemo(config="qa_tiny", data_dir=str(root / "tfds")).download_and_prepare()
   return root / "tfds", demo_tokenizer.build(root / "tokenizer")

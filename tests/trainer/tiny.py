@@ -2,6 +2,7 @@
 import numpy as np
 
 from acformer_jax import config as C
+from acformer_jax.demo import recipe
 from acformer_jax.trainer import experiment
 
 # 28 px / patch 7 = 16 patches, 1 computed ViT block; acformer budget 4 -> 5 visual tokens.
@@ -38,13 +39,13 @@ def experiment_config(data_dir, tokenizer_dir, *, steps: int, stage: int = 2, ev
   """A full experiment config on ``acformer_demo/qa_tiny`` (56 px) with a tiny model."""
   c = experiment.base_config()
   (experiment.stage1 if stage == 1 else experiment.stage2)(c)
-  experiment.tiny(c, "acformer")
+  recipe.tiny(c, "acformer")
   vision = C.VisionConfig(image_size=56, patch_size=14, hidden_size=16, intermediate_size=32,
                           num_layers=2, num_heads=2)
   llm = C.LLMConfig(vocab_size=512, hidden_size=16, intermediate_size=32, num_layers=1,
                     num_heads=2, num_kv_heads=2, max_position_embeddings=256)
-  c.model.vision = experiment._dict_of(vision)  # pylint: disable=protected-access
-  c.model.llm = experiment._dict_of(llm)  # pylint: disable=protected-access
+  c.model.vision = experiment.dict_of(vision)
+  c.model.llm = experiment.dict_of(llm)
   c.model.image_token_id = 512
   c.model.connector.update(num_queries=4, depth=1, heads=2, dim_head=8, ff_mult=2)
   c.mesh.shape = (4, 2, 1)

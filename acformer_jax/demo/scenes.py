@@ -1,4 +1,4 @@
-"""Offline, procedurally generated demo dataset (shapes), its eval export and scorer.
+"""Offline, procedurally generated demo scenes (coloured shapes) and their samples.
 
 Scenes are coloured shapes (kinds x colours x sizes) placed in distinct cells of a 3x3 grid on a
 noisy grey background (optionally a dimmed scikit-image photo). Tasks:
@@ -11,18 +11,14 @@ noisy grey background (optionally a dimmed scikit-image photo). Tasks:
   the answer), so a text-only model stays at chance; half of the training samples get a second,
   balanced yes/no turn (multi-turn).
 
-The held-out ``test`` split is also exported as a LLaVA-style question file
-(:func:`export_eval`) and scored by :func:`score_demo` (exact match after :func:`normalize_answer`,
-per category). Nothing here downloads anything (spec ``docs/offline_assets.md`` 4).
+The held-out ``test`` split is exported as a LLaVA-style question file by
+``demo/eval_export.py`` and scored by ``demo/scoring.py``. Nothing here downloads anything
+(spec ``docs/offline_assets.md`` 4).
 """
 from __future__ import annotations
 
 import io
-import json
-import pathlib
-import re
-import sys
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
+from typing import Iterator, List, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -224,106 +220,3 @@ def _followup(objs: Sequence[dict], rng) -> List[dict]:
     answer = "no"
   q = f"Is there a {color} {shape} in the image?\n{SHORT_ANSWER_SUFFIX}"
   return [{"from": "human", "value": q}, {"from": "gpt", "value": answer}]
-
-
-_NUMBERS = {"zero": "0", "none": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-            "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
-
-
-def normalize_answer(text: str) -> str:
-  """Lower case, first line only, hyphens to spaces, no punctuation/articles, number words to digits."""
-  text = (text or "").strip().split("\n")[0].lower().replace("-", " ")
-  text = re.sub(r"[.,!?;:\"']", " ", text)
-  words = [_NUMBERS.get(w, w) for w in text.split() if w not in ("a", "an", "the")]
-  return " ".join(words)
-
-
-def score_demo(answers: Iterable[Mapping], ground_truth: Iterable[Mapping]) -> Dict:
-  """Exact match after :func:`normalize_answer`, per category and overall (in percent).
-
-  Args:
-    answers: records with ``question_id`` and ``text`` (LLaVA answer-file lines).
-    ground_truth: records with ``question_id``, ``answer`` and ``category``.
-
-  Returns:
-    ``{"overall": %, "per_category": {cat: %}, "num_questions": n, "num_missing": m,
-    "prior_baseline": %}``; a question without an answer counts as wrong.
-    ``prior_baseline`` is the best answer-prior score: every question answered with the most
-    frequent ground-truth answer of its category (a text-only model cannot do better on
-    this balanced set).
-  """
-  predicted = {str(a["question_id"]): a.get("text", "") for a in answers}
-  hits: Dict[str, List[int]] = {}
-  gold: Dict[str, List[str]] = {}
-  missing = 0
-  for gt in ground_truth:
-    qid = str(gt["question_id"])
-    missing += qid not in predicted
-    ok = normalize_answer(predicted.get(qid, "")) == normalize_answer(gt["answer"])
-    hits.setdefault(gt["category"], []).append(int(ok))
-    gold.setdefault(gt["category"], []).append(normalize_answer(gt["answer"]))
-  total = [h for v in hits.values() for h in v]
-  if not total:
-    raise ValueError("score_demo: the ground truth is empty")
-  return {"overall": 100.0 * float(np.mean(total)),
-          "per_category": {c: 100.0 * float(np.mean(v)) for c, v in sorted(hits.items())},
-          "num_questions": len(total), "num_missing": missing,
-          "prior_baseline": 100.0 * sum(max(v.count(a) for a in set(v)) for v in gold.values())
-                            / len(total)}
-
-
-def export_eval(out_dir, *, image_size: int = 64, num_test: int = 500, seed: int = 0,
-                photo_backgrounds: bool = False) -> pathlib.Path:
-  """Writes the ``qa`` test split as ``questions.jsonl``, ``ground_truth.jsonl`` and ``images/``.
-
-  Identical to the ``test`` split of the ``acformer_demo`` builder with the same settings.
-  """
-  out = pathlib.Path(out_dir)
-  (out / "images").mkdir(parents=True, exist_ok=True)
-  with open(out / "questions.jsonl", "w") as fq, open(out / "ground_truth.jsonl", "w") as fg:
-    for qid, s in enumerate(generate("qa", "test", num_test, image_size=image_size, seed=seed,
-                                     photo_backgrounds=photo_backgrounds)):
-      name = f"{s['id']}.png"
-      (out / "images" / name).write_bytes(s["image"])
-      m = s["meta"]
-      text = f"{m['question']}\n{SHORT_ANSWER_SUFFIX}"
-      fq.write(json.dumps({"question_id": qid, "image": name, "text": text, "category": m["category"]}) + "\n")
-      fg.write(json.dumps({"question_id": qid, "answer": m["answer"], "category": m["category"]}) + "\n")
-  (out / "info.json").write_text(json.dumps(
-      {"benchmark": "demo", "image_size": image_size, "num_questions": num_test, "seed": seed,
-       "photo_backgrounds": photo_backgrounds, "categories": list(CATEGORIES),
-       "answers": {c: list(v) for c, v in ANSWERS.items()}}, indent=2) + "\n")
-  return out
-
-
-def main(argv: Sequence[str]) -> int:
-  """``export`` or ``score`` (absl; flags defined only when run as a program)."""
-  from absl import app, flags  # pylint: disable=import-outside-toplevel
-  f = flags.FLAGS
-  if len(argv) != 2 or argv[1] not in ("export", "score"):
-    raise app.UsageError("usage: python -m acformer_jax.data.demo {export|score} ...")
-  need = ("out",) if argv[1] == "export" else ("answers", "ground_truth")
-  missing = [f"--{n}" for n in need if not f[n].value]
-  if missing:
-    raise app.UsageError(f"{argv[1]}: missing required flag(s) {', '.join(missing)}")
-  if argv[1] == "export":
-    out = export_eval(f.out, image_size=f.image_size, num_test=f.num_test, seed=f.seed,
-                      photo_backgrounds=f.photo_backgrounds)
-    print(f"wrote {out}")
-  else:
-    read = lambda p: [json.loads(line) for line in open(p) if line.strip()]  # noqa: E731
-    print(json.dumps(score_demo(read(f.answers), read(f.ground_truth)), indent=2))
-  return 0
-
-
-if __name__ == "__main__":
-  from acformer_jax import cli
-  cli.define("string", "out", None, "export: output folder (questions.jsonl, "
-             "ground_truth.jsonl, images/).")
-  cli.define("integer", "image_size", 64, "export: image size.")
-  cli.define("integer", "num_test", 500, "export: number of questions.")
-  cli.define("integer", "seed", 0, "export: seed.")
-  cli.define("bool", "photo_backgrounds", False, "export: photo backgrounds.")
-  cli.define("string", "answers", None, "score: LLaVA-style answers .jsonl.")
-  cli.define("string", "ground_truth", None, "score: ground_truth.jsonl.")
-  cli.run(lambda argv: sys.exit(main(argv)))

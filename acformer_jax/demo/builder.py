@@ -1,4 +1,4 @@
-"""tfds builder for the offline shapes demo (``acformer_jax.data.demo``).
+"""tfds builder for the offline shapes demo (``acformer_jax.demo.scenes``).
 
 Configs are named ``{task}_{image_size}`` (``caption_56``, ``qa_56``, ``caption_64``, ...,
 10000 train / 500 test samples), ``{task}_tiny`` (56 px, 256 / 32, for smoke tests) and
@@ -12,7 +12,7 @@ import dataclasses
 
 import tensorflow_datasets as tfds
 
-from acformer_jax.data import demo
+from acformer_jax.demo import scenes as demo
 from acformer_jax.data.builders import common
 
 
@@ -29,7 +29,7 @@ class DemoConfig(tfds.core.BuilderConfig):
 
 def _configs():
   out = []
-  for size in (56, 64, 112):
+  for size in (56, 64, 70, 84, 112):
     for task in ("caption", "qa"):
       out.append(DemoConfig(name=f"{task}_{size}", task=task, image_size=size,
                             description=f"{task} task, {size}px images"))

@@ -8,12 +8,13 @@ captions, questions, answers and the ``plain`` / ``vicuna_v1`` template text
 (``docs/method.md`` 2.3-2.4), so the data pipeline and the inference CLIs use it exactly like the
 LLaMA tokenizer (same files, same loader). Deterministic: same corpus, one training thread.
 
-  python -m acformer_jax.trainer.demo_tokenizer --out .assets/demo_tokenizer
+  python -m acformer_jax.demo.tokenizer --out .assets/demo_tokenizer
 """
 from __future__ import annotations
 
 import io
 import json
+import os
 import pathlib
 import sys
 from typing import List, Optional, Sequence
@@ -24,7 +25,8 @@ VOCAB_SIZE = 512
 
 def demo_corpus(num_per_task: int = 1500, seed: int = 0) -> List[str]:
   """Template text plus the conversations of ``num_per_task`` caption and QA samples."""
-  from acformer_jax.data import demo, templates  # pylint: disable=import-outside-toplevel
+  from acformer_jax.data import templates  # pylint: disable=import-outside-toplevel
+  from acformer_jax.demo import scenes as demo  # pylint: disable=import-outside-toplevel
   lines = [templates.VICUNA_SYSTEM, templates.SHORT_ANSWER_SUFFIX, "USER: ASSISTANT:",
            *demo.CAPTION_PROMPTS, " ".join(demo.COUNTS), " ".join(demo.ANSWERS["existence"])]
   for task in ("caption", "qa"):
@@ -49,10 +51,13 @@ def build(out: Optional[pathlib.Path] = None, *, vocab_size: int = VOCAB_SIZE,
       model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
       split_digits=True, allow_whitespace_only_pieces=True, normalization_rule_name="identity",
       remove_extra_whitespaces=False, character_coverage=1.0, num_threads=1, minloglevel=2)
-  tmp = out / "tokenizer.model.tmp"
-  tmp.write_bytes(buf.getvalue())
-  tmp.rename(model)
-  cfg.write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")
+  # Every process of a multi-process job may build it at once (configs call this): each writes
+  # its own temporary files and renames them into place, config first, model last.
+  for path, data in ((cfg, (json.dumps(TOKENIZER_CONFIG, indent=2) + "\n").encode()),
+                     (model, buf.getvalue())):
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
   return out
 
 

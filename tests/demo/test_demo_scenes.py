@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from acformer_jax.data import demo
+from acformer_jax import demo
+from acformer_jax.data.templates import SHORT_ANSWER_SUFFIX
 from acformer_jax.data.builders import AcformerDemo
 from acformer_jax.data.pipeline import record_conversations
 
@@ -18,7 +19,7 @@ def test_builds_offline_with_train_and_test(demo_data_dir, tmp_path):
   r = test[0]
   assert Image.open(__import__("io").BytesIO(r["image"])).size == (56, 56)
   conv = record_conversations(r)
-  assert conv[0]["value"].startswith("<image>\n") and conv[0]["value"].endswith(demo.SHORT_ANSWER_SUFFIX)
+  assert conv[0]["value"].startswith("<image>\n") and conv[0]["value"].endswith(SHORT_ANSWER_SUFFIX)
   assert conv[1]["value"] == json.loads(r["meta"])["answer"]
   assert any(len(record_conversations(train[i])) == 4 for i in range(20))  # multi-turn samples exist
   cap = AcformerDemo(config="caption_tiny", data_dir=str(tmp_path))
