@@ -18,13 +18,13 @@ def get_config():
   c.init.vision = ""          # from init.params_from (stage 1), like the other subtrees
   c.init.allow_random = False
   c.data.builder = f"acformer_demo/qa_{recipe.DEMO_IMAGE_SIZE}"
-  # QA samples are 116-151 tokens with the 13 visual ones: a 512-token row holds 3-4.
+  # QA samples are 110-145 tokens with the 7 visual ones: a 256-token row holds ~2.
   c.data.packing = True
-  c.data.max_length = 512
-  c.data.max_images_per_row = 4
+  c.data.max_length = 256
+  c.data.max_images_per_row = 2
   c.data.group_by_length = False
   c.train.global_batch_size = 16
-  c.train.steps = 200
+  c.train.steps = 150
   c.train.optimizer.lr = 1e-3
   c.eval.update(benchmark="demo", num_questions=500, batch_size=50)
   return c

@@ -20,11 +20,12 @@ from acformer_jax.demo import tokenizer as demo_tokenizer
 from acformer_jax.trainer import experiment
 
 DINOV2_DIR = pathlib.Path(__file__).resolve().parents[2] / ".assets" / "dinov2_s14"
-# The main job's tower settings (configs/demo_stage{1,2}.py): 84 px = 6 x 6 patches of 14 px,
-# 2 x 2 per cell of the scenes' 3 x 3 grid; 12 anchors = 2 per DINOv2-S head.
-DEMO_IMAGE_SIZE = 84
-DEMO_SELECT_LAYER = -2
-DEMO_ANCHORS = 12
+# The main job's tower settings (configs/demo_stage{1,2}.py), sized for 2 CPU cores: 56 px =
+# 4 x 4 patches of 14 px; the features of block 6 of 12 (half the tower's FLOPs of LLaVA's
+# block -2); 6 anchors = 1 per DINOv2-S head, so 7 visual tokens of 17.
+DEMO_IMAGE_SIZE = 56
+DEMO_SELECT_LAYER = 6
+DEMO_ANCHORS = 6
 
 
 def _set(c: ml_collections.ConfigDict, vision: config_lib.VisionConfig, connector: str) -> None:
