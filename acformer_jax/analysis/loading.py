@@ -15,7 +15,6 @@ import json
 import pathlib
 from typing import Any, Optional
 
-import jax
 import jax.numpy as jnp
 
 from acformer_jax import config as config_lib
@@ -33,8 +32,8 @@ class VisionCheckpoint:
 
 def _restore_vision(directory: pathlib.Path, cfg: config_lib.VisionConfig, param_dtype: str):
   s = cfg.image_size
-  boxed = jax.eval_shape(VisionTransformer(cfg, param_dtype=param_dtype).init,
-                         jax.random.PRNGKey(0), jnp.zeros((1, s, s, cfg.num_channels)))["params"]
+  boxed = params_store.abstract_params(VisionTransformer(cfg, param_dtype=param_dtype),
+                                       jnp.zeros((1, s, s, cfg.num_channels)))
   try:
     return params_store.restore(directory, params_store.sharded_abstract(boxed), ("vision",))
   except (ValueError, KeyError, FileNotFoundError) as e:

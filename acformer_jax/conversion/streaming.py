@@ -18,13 +18,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from acformer_jax import sharding as sharding_lib
+from acformer_jax.params_store import abstract_params  # noqa: F401  (conversion's public name)
 from acformer_jax.conversion.keymaps import KeyMap, flatten_paths, unflatten_paths
 from acformer_jax.conversion.sources import TensorSource
-
-
-def abstract_params(module: nn.Module, *init_args) -> Any:
-  """``params`` of ``module.init`` as ShapeDtypeStructs (boxed with logical axes); no FLOPs."""
-  return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *init_args))["params"]
 
 
 def param_shardings(abstract_boxed: Any, mesh: Mesh, rules=sharding_lib.LOGICAL_AXIS_RULES) -> Any:

@@ -18,9 +18,10 @@ from acformer_jax.params_store.layout import (CONFIG_FILE, PARAMS_DIR, TOKENIZER
                                               TOKENIZER_FILES, copy_tokenizer, find_tokenizer,
                                               is_checkpoint, is_hf_llava, read_model_config,
                                               write_model_config)
-from acformer_jax.params_store.restoring import (abstract_tree, read_checksums,  # noqa: F401
-                                                 resolve_params_source, restore, restore_all,
-                                                 sharded_abstract, stored_shapes, target_tree)
+from acformer_jax.params_store.restoring import (abstract_params, abstract_tree,  # noqa: F401
+                                                 read_checksums, resolve_params_source, restore,
+                                                 restore_all, sharded_abstract, stored_shapes,
+                                                 target_tree)
 from acformer_jax.params_store.saving import (NonFiniteError, atomic_directory, barrier,  # noqa: F401
                                               check_finite, commit_directory, save, save_params,
                                               temp_dir_for, write)

@@ -29,16 +29,19 @@ def _dummy_inputs(mc: config_lib.ModelConfig):
   return jnp.zeros((1, s, s, 3), jnp.float32), ids
 
 
+def abstract_params(module: nn.Module, *init_args, **init_kwargs) -> Any:
+  """``params`` of ``module.init(*init_args, **init_kwargs)`` as boxed ShapeDtypeStructs
+  (logical axes kept); no FLOPs, no memory."""
+  return jax.eval_shape(
+      lambda: module.init(jax.random.PRNGKey(0), *init_args, **init_kwargs))["params"]
+
+
 @functools.lru_cache(maxsize=8)
 def abstract_tree(cfg: config_lib.ModelConfig) -> Any:
-  """Boxed ``ShapeDtypeStruct`` params of ``MultimodalLM(cfg)`` (logical axes kept); no
-  FLOPs, no memory; traced once per config."""
+  """:func:`abstract_params` of ``MultimodalLM(cfg)``, traced once per config."""
   from acformer_jax.models.mllm import MultimodalLM  # pylint: disable=import-outside-toplevel
   images, ids = _dummy_inputs(cfg)
-  model = MultimodalLM(cfg)
-  rngs = {"params": jax.random.PRNGKey(0)}
-  return jax.eval_shape(
-      lambda: model.init(rngs, images, ids, rng=jax.random.PRNGKey(1)))["params"]
+  return abstract_params(MultimodalLM(cfg), images, ids, rng=jax.random.PRNGKey(1))
 
 
 def sharded_abstract(boxed: Any, mesh=None) -> Any:
