@@ -157,11 +157,13 @@ def restore_all(directory, mesh=None, dtype: Optional[str] = None
 
 
 def stored_shapes(item) -> Dict[str, Tuple[Tuple[int, ...], Any]]:
-  """``"llm/norm/scale" -> (shape, dtype)`` of every array in an Orbax item (metadata only)."""
+  """``"llm/norm/scale" -> (shape, dtype)`` of every array under nested dicts in an Orbax
+  item (metadata only)."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   with ocp.PyTreeCheckpointer() as ckptr:
     meta = ckptr.metadata(pathlib.Path(item).absolute())
   tree = getattr(meta, "item_metadata", meta)
   tree = getattr(tree, "tree", tree)
-  return {p: (tuple(m.shape), m.dtype) for p, m in flatten_paths(tree).items()}
+  return {p: (tuple(m.shape), m.dtype) for p, m in flatten_paths(tree).items()
+          if hasattr(m, "shape")}  # (a run's ``state`` also holds lists: optimizer state)
 
