@@ -56,9 +56,9 @@ def atomic_directory(output, *, overwrite: bool = False, name: str = "params_sto
   output = pathlib.Path(output).absolute()
   tmp = temp_dir_for(output)
   host0 = jax.process_index() == 0
+  if output.exists() and not overwrite:  # every process raises (none waits at a barrier)
+    raise FileExistsError(f"{output} exists (pass --overwrite to replace it)")
   if host0:
-    if output.exists() and not overwrite:
-      raise FileExistsError(f"{output} exists (pass --overwrite to replace it)")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
   barrier(f"{name}:clean")
