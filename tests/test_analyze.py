@@ -14,7 +14,7 @@ from acformer_jax import config as C
 from acformer_jax.analysis import layers, stats
 from acformer_jax.conversion import load_hf_clip_vision
 from acformer_jax.data import preprocess
-from acformer_jax.inference.loading import save_for_inference
+from acformer_jax import params_store
 from acformer_jax.models.anchors import select_anchors
 from acformer_jax.models.mllm import MultimodalLM
 from acformer_jax.models.vit import VisionTransformer
@@ -47,7 +47,7 @@ def mllm_checkpoint(tmp_path_factory):
                             jnp.zeros((1, s, s, 3)), jnp.ones((1, 4), jnp.int32))["params"]
   params = tiny_hf.random_params(abstract, seed=3)
   params["vision"]["pre_layrnorm"]["scale"] = np.ones(32, np.float32)  # well-conditioned
-  d = save_for_inference(tmp_path_factory.mktemp("ckpt") / "model", params, CONFIG)
+  d = params_store.save(tmp_path_factory.mktemp("ckpt") / "model", params, CONFIG)
   return d, params
 
 

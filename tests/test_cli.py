@@ -112,11 +112,11 @@ def test_wrong_format_suggests_the_right_one(tmp_path):
 def test_wrong_export_format_suggests_the_right_one(tmp_path):
   from acformer_jax import config as config_lib
   from acformer_jax.conversion import exporting
-  from acformer_jax.inference import loading
+  from acformer_jax import params_store
   from tests.inference import tiny_model
   d = tmp_path / "ckpt"
   d.mkdir()
-  (d / loading.CONFIG_FILE).write_text(json.dumps(
+  (d / params_store.CONFIG_FILE).write_text(json.dumps(
       config_lib.model_config_to_dict(tiny_model.CKPT_CONFIG)))
   with pytest.raises(ValueError, match=r"did you mean 'hf-llava'\?.*exports as"):
     exporting.export(d, "hf_llava", tmp_path / "out")

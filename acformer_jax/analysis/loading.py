@@ -1,9 +1,9 @@
 """The vision tower of a checkpoint directory, for the analysis.
 
 Accepted layouts:
-  * an inference / exported checkpoint (``model_config.json`` + Orbax ``params/``, see
-    ``acformer_jax.inference.loading``): only the ``vision`` subtree is restored (Orbax
-    partial restore), so a 7B checkpoint does not need the LLM in memory;
+  * a params directory (``model_config.json`` + Orbax ``params/``, see
+    ``acformer_jax.params_store``): only the ``vision`` subtree is restored (partial
+    restore), so a 7B checkpoint does not need the LLM in memory;
   * a transformers CLIP directory (``config.json`` of a ``CLIPVisionModel`` or ``CLIPModel``
     + safetensors / ``.bin``) or ``LlavaForConditionalGeneration`` directory, converted on
     the fly by ``acformer_jax.conversion``.
@@ -15,11 +15,10 @@ import json
 import pathlib
 from typing import Any, Optional
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from acformer_jax import config as config_lib
+from acformer_jax import params_store
 from acformer_jax.models.vit import VisionTransformer
 
 
@@ -31,23 +30,16 @@ class VisionCheckpoint:
   connector: Optional[config_lib.ConnectorConfig] = None
 
 
-def _restore_vision(params_dir: pathlib.Path, cfg: config_lib.VisionConfig, param_dtype: str):
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+def _restore_vision(directory: pathlib.Path, cfg: config_lib.VisionConfig, param_dtype: str):
   s = cfg.image_size
-  boxed = jax.eval_shape(VisionTransformer(cfg, param_dtype=param_dtype).init,
-                         jax.random.PRNGKey(0), jnp.zeros((1, s, s, cfg.num_channels)))["params"]
-  dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = {"vision": jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), nn.unbox(boxed))}
-  args = ocp.args.PyTreeRestore(
-      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-      partial_restore=True)
+  boxed = params_store.abstract_params(VisionTransformer(cfg, param_dtype=param_dtype),
+                                       jnp.zeros((1, s, s, cfg.num_channels)))
   try:
-    with ocp.PyTreeCheckpointer() as ckpt:
-      return ckpt.restore(params_dir.absolute(), args=args)["vision"]
+    return params_store.restore(directory, params_store.sharded_abstract(boxed), ("vision",))
   except (ValueError, KeyError, FileNotFoundError) as e:
-    raise ValueError(f"{params_dir}: could not restore the 'vision' params described by its "
-                     f"model_config.json ({type(e).__name__}: {str(e)[:400]})") from None
+    raise ValueError(f"{directory / params_store.PARAMS_DIR}: could not restore the 'vision' "
+                     f"params described by its {params_store.CONFIG_FILE} "
+                     f"({type(e).__name__}: {str(e)[:400]})") from None
 
 
 def load_vision(directory, *, select_layer: Optional[int] = None) -> VisionCheckpoint:
@@ -58,17 +50,16 @@ def load_vision(directory, *, select_layer: Optional[int] = None) -> VisionCheck
     select_layer: overrides the config's ``select_layer`` (the layer whose CLS attention
       selects the anchors); ``None`` keeps the checkpoint's (LLaVA: -2).
   """
-  from acformer_jax.inference import loading as inf  # pylint: disable=import-outside-toplevel
   d = pathlib.Path(directory)
   if not d.is_dir():
     raise FileNotFoundError(f"checkpoint directory {d} does not exist")
-  if (d / inf.CONFIG_FILE).is_file():
-    mc = inf.read_model_config(d)
+  if (d / params_store.CONFIG_FILE).is_file():
+    mc = params_store.read_model_config(d)
     cfg = mc.vision
-    if not (d / inf.PARAMS_DIR).is_dir():
-      raise FileNotFoundError(f"{d / inf.PARAMS_DIR} not found: expected the Orbax params item "
-                              f"next to {inf.CONFIG_FILE}")
-    params = _restore_vision(d / inf.PARAMS_DIR, cfg, mc.param_dtype)
+    if not (d / params_store.PARAMS_DIR).is_dir():
+      raise FileNotFoundError(f"{d / params_store.PARAMS_DIR} not found: expected the Orbax params item "
+                              f"next to {params_store.CONFIG_FILE}")
+    params = _restore_vision(d, cfg, mc.param_dtype)
     out = VisionCheckpoint(cfg, params, "mllm", mc.connector)
   elif (d / "config.json").is_file():
     from acformer_jax.conversion import towers  # pylint: disable=import-outside-toplevel
@@ -86,9 +77,9 @@ def load_vision(directory, *, select_layer: Optional[int] = None) -> VisionCheck
     else:
       raise ValueError(f"{d / 'config.json'}: model_type={kind!r}; the analysis reads CLIP "
                        "('clip' / 'clip_vision_model') or 'llava' transformers directories or "
-                       f"acformer_jax checkpoints ({inf.CONFIG_FILE} + {inf.PARAMS_DIR}/)")
+                       f"acformer_jax checkpoints ({params_store.CONFIG_FILE} + {params_store.PARAMS_DIR}/)")
   else:
-    raise FileNotFoundError(f"{d} holds neither {inf.CONFIG_FILE} (acformer_jax checkpoint) nor "
+    raise FileNotFoundError(f"{d} holds neither {params_store.CONFIG_FILE} (acformer_jax checkpoint) nor "
                             "config.json (transformers CLIP directory)")
   if select_layer is not None:
     out.config = dataclasses.replace(out.config, select_layer=select_layer)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-import shutil
 from typing import Dict, Optional
 
 import jax
@@ -28,15 +27,14 @@ import numpy as np
 
 from acformer_jax import config as config_lib
 from acformer_jax import outputs
+from acformer_jax import params_store
 from acformer_jax.conversion import hf_llava, llava
 from acformer_jax.conversion import plan as plan_lib
 from acformer_jax.conversion import writer as writer_lib
 from acformer_jax.conversion.sources import SafetensorsFile
 from acformer_jax.conversion.keymaps import (KeyMap, flatten_paths,
                                              unflatten_paths)
-from acformer_jax.conversion.pipeline import (CONVERSION_FILE, EXTRAS_FILE, _barrier,
-                                              commit_directory, target_tree)
-from acformer_jax.inference import loading as inf_loading
+from acformer_jax.conversion.pipeline import CONVERSION_FILE, EXTRAS_FILE
 from acformer_jax.models.towers import tower
 
 log = logging.getLogger("acformer_jax.export")
@@ -52,23 +50,21 @@ def _to_host(x) -> np.ndarray:
 
 
 class _LeafReader:
-  """Restores stored leaves onto their shardings (Orbax partial restore), a group of
-  leaves of at most ``budget`` bytes (or one larger leaf) at a time, in path order."""
+  """Restores stored leaves onto their shardings (``params_store.restore``, partial), a group
+  of leaves of at most ``budget`` bytes (or one larger leaf) at a time, in path order."""
 
   def __init__(self, params_dir: pathlib.Path, tree, budget: int = 1 << 30):
-    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-    self.ocp, self.dir, self.budget = ocp, params_dir, budget
-    self.ckptr = ocp.PyTreeCheckpointer()
-    stored = flatten_paths(_tree_of(self.ckptr.metadata(params_dir)))
+    self.dir, self.budget = params_dir, budget
+    stored = params_store.stored_shapes(params_dir)
     self.targets = {}
     for path, t in flatten_paths(tree).items():
       if path not in stored:
         raise ValueError(f"{params_dir}: parameter {path} missing (does model_config.json match?)")
-      m = stored[path]
-      if tuple(m.shape) != tuple(t.shape):
-        raise ValueError(f"{params_dir}: {path} has shape {tuple(m.shape)}, model_config.json "
+      shape, dtype = stored[path]
+      if shape != tuple(t.shape):
+        raise ValueError(f"{params_dir}: {path} has shape {shape}, model_config.json "
                          f"implies {tuple(t.shape)}")
-      self.targets[path] = jax.ShapeDtypeStruct(t.shape, m.dtype, sharding=t.sharding)
+      self.targets[path] = jax.ShapeDtypeStruct(t.shape, dtype, sharding=t.sharding)
     self._cache: Dict[str, jax.Array] = {}
 
   def _load_group(self, first: str) -> None:
@@ -81,11 +77,7 @@ class _LeafReader:
       group.append(p)
       size += nbytes
     item = unflatten_paths({p: self.targets[p] for p in group})
-    args = jax.tree.map(lambda a: self.ocp.ArrayRestoreArgs(
-        sharding=a.sharding, global_shape=a.shape, dtype=a.dtype), item)
-    out = self.ckptr.restore(self.dir, args=self.ocp.args.PyTreeRestore(
-        item=item, restore_args=args, partial_restore=True))
-    self._cache = flatten_paths(out)
+    self._cache = flatten_paths(params_store.restore(self.dir, item))
 
   def row(self, path: str, row: Optional[int]) -> np.ndarray:
     if path not in self._cache:
@@ -104,12 +96,6 @@ class _MemoryReader:
   def row(self, path: str, row: Optional[int]) -> np.ndarray:
     x = self._flat[path]
     return _to_host(x if row is None else x[row])
-
-
-def _tree_of(meta):
-  tree = getattr(meta, "item_metadata", meta)
-  tree = getattr(tree, "tree", tree)
-  return tree
 
 
 def _plan_tensors(keymap: KeyMap, targets, dtype: np.dtype):
@@ -164,13 +150,10 @@ def _write_keymap(reader: _LeafReader, keymap: KeyMap, directory: pathlib.Path, 
 
 
 def _copy_tokenizer(checkpoint: pathlib.Path, out: pathlib.Path) -> None:
-  src = inf_loading.find_tokenizer_dir(checkpoint)
+  src = params_store.find_tokenizer(checkpoint)
   if src is None:
     log.warning("%s has no tokenizer; the export has none either", checkpoint)
-    return
-  for f in sorted(src.iterdir()):
-    if f.is_file() and (f.name.startswith(("tokenizer", "special_tokens", "added_tokens"))):
-      shutil.copy2(f, out / f.name)
+  params_store.copy_tokenizer(src, out)
 
 
 def _write_processor(checkpoint: pathlib.Path, mc: config_lib.ModelConfig,
@@ -179,7 +162,7 @@ def _write_processor(checkpoint: pathlib.Path, mc: config_lib.ModelConfig,
   padding the checkpoint was trained or converted with."""
   from acformer_jax.conversion import hf_processor  # pylint: disable=import-outside-toplevel
   from acformer_jax.trainer import pretrained  # pylint: disable=import-outside-toplevel
-  src = inf_loading.find_tokenizer_dir(checkpoint)
+  src = params_store.find_tokenizer(checkpoint)
   if src is None:
     log.warning("%s has no tokenizer; the export has no tokenizer or processor either", checkpoint)
     return
@@ -195,13 +178,13 @@ def export(checkpoint, fmt: str, output, *, mesh=None, layout: Optional[str] = N
   directory, converted on the fly) as ``fmt``."""
   from acformer_jax import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
   checkpoint, output = pathlib.Path(checkpoint), pathlib.Path(output).absolute()
-  hf_dir = inf_loading.is_hf_llava(checkpoint) and not (checkpoint / inf_loading.CONFIG_FILE).is_file()
+  hf_dir = params_store.is_hf_llava(checkpoint) and not (checkpoint / params_store.CONFIG_FILE).is_file()
   if hf_dir:  # a transformers Llava directory: converted on the fly (formats.make_plan)
     from acformer_jax.conversion import formats  # pylint: disable=import-outside-toplevel
     plan = formats.make_plan("hf-llava", checkpoint)
     mc = plan.config
   else:
-    mc = inf_loading.read_model_config(checkpoint)
+    mc = params_store.read_model_config(checkpoint)
   if fmt not in FORMATS:
     import difflib  # pylint: disable=import-outside-toplevel
     close = difflib.get_close_matches(str(fmt), FORMATS, n=1)
@@ -222,18 +205,14 @@ def export(checkpoint, fmt: str, output, *, mesh=None, layout: Optional[str] = N
     info = dict(plan.info, format="hf-llava")
     reader = _MemoryReader(params)
   else:
-    reader = _LeafReader(checkpoint / inf_loading.PARAMS_DIR, target_tree(mc, mesh))
+    reader = _LeafReader(checkpoint / params_store.PARAMS_DIR, params_store.target_tree(mc, mesh))
   same = info.get("format") == fmt or (fmt == "llava" and info.get("format") == "llava-stage1")
   main_dtype = np.dtype(dtype or (same and info.get("source_dtype")) or mc.param_dtype)
   vision_dtype = np.dtype(dtype or info.get("vision_dtype") or main_dtype)
   shard = writer_lib.parse_size(max_shard_size)
   host0 = jax.process_index() == 0
-  tmp = output.parent / f".{output.name}.partial"
-  if host0:
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-  _barrier("export:start")
-  try:
+  # (``output`` was checked before any work: an existing one is replaced only with --overwrite)
+  with params_store.atomic_directory(output, overwrite=True, name="export") as tmp:
     if fmt == "hf-llava":
       prefixes = hf_llava.LAYOUTS[layout] if layout else tuple(
           info.get("layout") or hf_llava.LAYOUTS["legacy"])
@@ -268,12 +247,6 @@ def export(checkpoint, fmt: str, output, *, mesh=None, layout: Optional[str] = N
         _write_processor(checkpoint, mc, tmp)
       else:
         _copy_tokenizer(checkpoint, tmp)
-      commit_directory(tmp, output, overwrite=True)  # (checked before any work)
-    _barrier("export:done")
-  except BaseException:
-    if host0:
-      shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return output
 
 

@@ -26,6 +26,7 @@ import dataclasses
 from typing import Callable, Dict, Optional
 
 from acformer_jax import config as config_lib
+from acformer_jax import params_store
 from acformer_jax.conversion import hf_llava, llava
 from acformer_jax.conversion import plan as plan_lib
 from acformer_jax.conversion import towers
@@ -83,7 +84,7 @@ def _plan_towers(fmt: str, input_path, vision=None, llm=None, connector=None,
           "source_dtype": plan_lib.source_dtype(ld), "vision_dtype": plan_lib.source_dtype(vd)}
   return plan_lib.Plan(
       format=fmt, config=cfg, source=source, keymap=keymap, fresh=("connector",),
-      tokenizer_dir=plan_lib.find_tokenizer(llm_dir), info=info,
+      tokenizer_dir=params_store.find_tokenizer(llm_dir), info=info,
       reference={"kind": "towers", "vision_prefix": vprefix, "llm_prefix": "llm:"},
       declared_dtypes={"vision:": info["vision_dtype"], "llm:": info["source_dtype"]})
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Dict, Optional, Tuple
 
 from acformer_jax import config as config_lib
+from acformer_jax import params_store
 from acformer_jax.conversion import plan as plan_lib
 from acformer_jax.conversion import towers
 from acformer_jax.conversion.sources import TensorSource
@@ -107,7 +108,7 @@ def plan(input_dir, vision=None, llm=None, **_) -> plan_lib.Plan:
             + plan_lib.llm_keymap(cfg.llm, body, head))
   return plan_lib.Plan(
       format="hf-llava", config=cfg, source=source, keymap=keymap,
-      tokenizer_dir=plan_lib.find_tokenizer(input_dir), problems=problems,
+      tokenizer_dir=params_store.find_tokenizer(input_dir), problems=problems,
       info={"source_config": d, "layout": [body, head, vprefix, proj],
             "source_dtype": plan_lib.source_dtype(d)},
       reference={"kind": "hf-llava", "dir": str(input_dir)},

@@ -21,6 +21,7 @@ import pathlib
 from typing import List, Optional
 
 from acformer_jax import config as config_lib
+from acformer_jax import params_store
 from acformer_jax.conversion import hf_llava
 from acformer_jax.conversion import plan as plan_lib
 from acformer_jax.conversion import towers
@@ -143,7 +144,7 @@ def _plan_full(fmt: str, input_dir, vision, llm, num_queries=None, **_) -> plan_
           "source_dtype": plan_lib.source_dtype(d), "vision_dtype": plan_lib.source_dtype(vd)}
   return plan_lib.Plan(
       format=fmt, config=cfg, source=source, keymap=keymap, extras=extras, problems=problems,
-      tokenizer_dir=plan_lib.find_tokenizer(input_dir), info=info,
+      tokenizer_dir=params_store.find_tokenizer(input_dir), info=info,
       reference={"kind": "composed", "vision_prefix": vprefix, "llm_prefix": "",
                  "connector_prefix": PROJ},
       declared_dtypes={"": info["source_dtype"], "vision:": info["vision_dtype"]})
@@ -210,7 +211,7 @@ def plan_stage1(input_path, vision=None, llm=None, connector=None, select_layer=
           "stage1_config": d}
   return plan_lib.Plan(
       format="llava-stage1", config=cfg, source=source, keymap=keymap, extras=extras,
-      problems=problems, tokenizer_dir=plan_lib.find_tokenizer(llm), info=info,
+      problems=problems, tokenizer_dir=params_store.find_tokenizer(llm), info=info,
       reference={"kind": "composed", "vision_prefix": vprefix, "llm_prefix": "llm:",
                  "connector_prefix": prefix},
       declared_dtypes={"vision:": info["vision_dtype"], "llm:": info["source_dtype"]})

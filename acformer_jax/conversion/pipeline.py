@@ -3,24 +3,19 @@
 Spec: ``docs/jax_practices.md`` items 3 (abstract-first), 7 (streaming, table-driven,
 placed straight into the target sharding), 8 (verified by logits) and section 9.1-9.2.
 
-Each parameter is built with ``jax.make_array_from_callback``: the callback runs for
-this process's devices only and reads exactly the block each device holds (one
-stacked layer at a time), so under ``jax.distributed`` every process reads and holds
-only its share. The output is the inference/training checkpoint layout
-(``inference.loading``: ``model_config.json``, Orbax ``params/``, ``tokenizer/``; the
-trainer's ``init.params_from=orbax:DIR`` reads it too) plus
-``conversion.json`` (provenance, used by the exporter) and ``extras.safetensors``
-(source tensors the model does not use, kept for exact round trips). It is written
-under a temporary name and renamed when complete.
+Tensors are streamed by :mod:`acformer_jax.conversion.streaming` (each device reads only
+the block it holds, so under ``jax.distributed`` every process reads and holds only its
+share). The output is a params directory (:mod:`acformer_jax.params_store`; the trainer's
+``init.params_from=orbax:DIR`` reads it too) plus ``conversion.json`` (provenance, used by
+the exporter) and ``extras.safetensors`` (source tensors the model does not use, kept for
+exact round trips), committed atomically.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import pathlib
-import shutil
 from typing import Any, Dict, Mapping, Optional
 
 import flax.linen as nn
@@ -30,18 +25,16 @@ import numpy as np
 
 from acformer_jax import config as config_lib
 from acformer_jax import outputs
+from acformer_jax import params_store
 from acformer_jax import sharding as sharding_lib
 from acformer_jax.conversion import plan as plan_lib
+from acformer_jax.conversion import streaming
 from acformer_jax.conversion.keymaps import ConversionError, flatten_paths, unflatten_paths
-from acformer_jax.inference import loading as inf_loading
 from acformer_jax.models.connectors import Connector
-from acformer_jax.models.mllm import MultimodalLM
 
 log = logging.getLogger("acformer_jax.convert")
 CONVERSION_FILE = "conversion.json"
 EXTRAS_FILE = "extras.safetensors"
-TOKENIZER_COPY = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                  "special_tokens_map.json", "added_tokens.json")  # what inference.loading reads
 
 
 def with_param_dtype(plan: plan_lib.Plan, param_dtype: str = "auto") -> config_lib.ModelConfig:
@@ -51,17 +44,6 @@ def with_param_dtype(plan: plan_lib.Plan, param_dtype: str = "auto") -> config_l
     param_dtype = plan_lib.widest_dtype(plan.source, plan.keymap)
   jnp.dtype(param_dtype)  # raises on a bad name
   return dataclasses.replace(plan.config, param_dtype=param_dtype, dtype=param_dtype)
-
-
-@functools.lru_cache(maxsize=8)
-def _abstract(cfg: config_lib.ModelConfig) -> Any:
-  return inf_loading.abstract_params(MultimodalLM(cfg))
-
-
-def target_tree(cfg: config_lib.ModelConfig, mesh) -> Any:
-  """Unboxed abstract params of ``MultimodalLM(cfg)`` carrying their NamedShardings
-  (``inference.loading.restore_target``, with the abstract tree traced once per config)."""
-  return inf_loading.sharded_abstract(_abstract(cfg), mesh)
 
 
 def validate(plan: plan_lib.Plan, targets: Mapping[str, Any]) -> None:
@@ -80,44 +62,11 @@ def validate(plan: plan_lib.Plan, targets: Mapping[str, Any]) -> None:
         f"describes:\n  " + "\n  ".join(problems))
 
 
-def _callback(source, rows: Mapping, shape, dtype):
-  stacked = None not in rows
-
-  def read(entry, index):
-    arr = source.read_slice(entry.hf, entry.transform.source_index(tuple(index)))
-    return entry.transform.forward(arr)
-
-  def callback(index):
-    index = tuple(index)
-    if not stacked:
-      return np.asarray(read(rows[None], index), dtype=dtype)
-    layer_ids = range(*index[0].indices(shape[0]))
-    inner = index[1:]
-    block = np.empty((len(layer_ids),) + tuple(
-        len(range(*s.indices(n))) for s, n in zip(inner, shape[1:])), dtype)
-    for j, r in enumerate(layer_ids):
-      block[j] = read(rows[r], inner)
-    return block
-
-  return callback
-
-
 def load_params(plan: plan_lib.Plan, targets: Mapping[str, Any], progress: bool = False
                 ) -> Dict[str, jax.Array]:
   """Flat ``path -> jax.Array`` for every non-fresh target, tensor by tensor."""
-  by_path = plan.keymap.by_path()
-  paths = [p for p in targets if p.split("/")[0] not in plan.fresh]
-  it = paths
-  if progress:
-    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-    it = tqdm(paths, desc="convert", unit="param")
-  out = {}
-  for path in it:
-    t = targets[path]
-    out[path] = jax.make_array_from_callback(
-        t.shape, t.sharding, _callback(plan.source, by_path[path], t.shape, t.dtype))
-    plan.source.release()
-  return out
+  wanted = {p: t for p, t in targets.items() if p.split("/")[0] not in plan.fresh}
+  return streaming.stream(plan.source, plan.keymap, wanted, progress=progress)
 
 
 def init_fresh(cfg: config_lib.ModelConfig, tree: Any, part: str, seed: int) -> Any:
@@ -140,7 +89,7 @@ def build_params(plan: plan_lib.Plan, mesh, param_dtype: str = "auto", seed: int
                  progress: bool = False):
   """``(ModelConfig, params)``: validated, loaded and sharded on ``mesh``."""
   cfg = with_param_dtype(plan, param_dtype)
-  tree = target_tree(cfg, mesh)
+  tree = params_store.target_tree(cfg, mesh)
   targets = flatten_paths(tree)
   validate(plan, targets)
   flat = load_params(plan, targets, progress=progress)
@@ -150,71 +99,19 @@ def build_params(plan: plan_lib.Plan, mesh, param_dtype: str = "auto", seed: int
   return cfg, params
 
 
-def _barrier(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices(name)
-
-
-def copy_tokenizer(src: Optional[pathlib.Path], dst: pathlib.Path) -> None:
-  """Copies the tokenizer files ``inference.loading`` reads (none if ``src`` is None)."""
-  if src is None:
-    return
-  names = [f for f in TOKENIZER_COPY if (src / f).is_file()]
-  if not any(f in names for f in plan_lib.TOKENIZER_FILES):
-    raise FileNotFoundError(f"tokenizer directory {src} holds neither tokenizer.model nor "
-                            "tokenizer.json")
-  dst.mkdir(parents=True, exist_ok=True)
-  for f in names:
-    shutil.copy2(src / f, dst / f)
-
-
-def temp_dir_for(output: pathlib.Path) -> pathlib.Path:
-  return output.parent / f".{output.name}.partial"
-
-
-def commit_directory(tmp: pathlib.Path, output: pathlib.Path, overwrite: bool) -> None:
-  """Renames the finished ``tmp`` into ``output`` (host 0). An existing ``output`` is
-  moved aside first and removed only after the rename, so a crash never leaves a
-  half-written directory under the final name."""
-  old = output.parent / f".{output.name}.old"
-  if output.exists():
-    if not overwrite:
-      raise FileExistsError(f"{output} exists (pass --overwrite to replace it)")
-    output.rename(old)
-  tmp.rename(output)
-  shutil.rmtree(old, ignore_errors=True)
-
-
 def write_checkpoint(output, cfg: config_lib.ModelConfig, params: Any, plan: plan_lib.Plan,
                      overwrite: bool = False, report: Optional[dict] = None) -> pathlib.Path:
-  """Writes the checkpoint under a temporary name and renames it into place."""
+  """Writes the params directory plus the conversion's metadata, committed atomically."""
   from acformer_jax.conversion import writer  # pylint: disable=import-outside-toplevel
   output = pathlib.Path(output).absolute()
-  tmp = temp_dir_for(output)
-  host0 = jax.process_index() == 0
-  if host0 and tmp.exists():
-    shutil.rmtree(tmp)
-  _barrier("convert:clean")
-  try:
-    inf_loading.save_params(tmp / inf_loading.PARAMS_DIR, params)
-    if host0:
-      (tmp / inf_loading.CONFIG_FILE).write_text(
-          json.dumps(config_lib.model_config_to_dict(cfg), indent=2) + "\n")
-      copy_tokenizer(plan.tokenizer_dir, tmp / inf_loading.TOKENIZER_DIR)
+  with params_store.atomic_directory(output, overwrite=overwrite, name="convert") as tmp:
+    params_store.write(tmp, params, cfg, plan.tokenizer_dir)
+    if jax.process_index() == 0:
       extras = {name: plan.source.read(key) for name, key in plan.extras.items()}
       if extras:
         writer.write_safetensors(tmp / EXTRAS_FILE, extras)
       info = dict(plan.info, format=plan.format, extras=sorted(extras), **(report or {}))
       (tmp / CONVERSION_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
-    _barrier("convert:written")
-    if host0:
-      commit_directory(tmp, output, overwrite)
-    _barrier("convert:renamed")
-  except BaseException:
-    if host0:
-      shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return output
 
 
@@ -240,7 +137,7 @@ def convert(fmt: str, input_path, output, vision=None, llm=None, *, mesh=None,
                    select_layer=select_layer, num_queries=num_queries)
   if tokenizer is not None:
     plan.tokenizer_dir = pathlib.Path(tokenizer)
-    if plan_lib.find_tokenizer(tokenizer) != plan.tokenizer_dir:
+    if params_store.find_tokenizer(tokenizer) != plan.tokenizer_dir:
       raise FileNotFoundError(f"--tokenizer {tokenizer}: no tokenizer.model or tokenizer.json")
   if plan.tokenizer_dir is None:
     log.warning("no tokenizer files found next to the inputs: the checkpoint will have none "

@@ -22,8 +22,6 @@ from acformer_jax.models import registry
 from acformer_jax.conversion.sources import TensorSource
 from acformer_jax.models.towers import tower
 
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
-
 
 @dataclasses.dataclass
 class Plan:
@@ -72,18 +70,6 @@ def read_json(path, what: str) -> dict:
     return json.loads(path.read_text())
   except ValueError as e:
     raise ValueError(f"{path}: invalid JSON ({e})") from None
-
-
-def find_tokenizer(*dirs) -> Optional[pathlib.Path]:
-  for d in dirs:
-    if d is None:
-      continue
-    d = pathlib.Path(d)
-    d = d if d.is_dir() else d.parent
-    for cand in (d, d / "tokenizer"):
-      if any((cand / f).is_file() for f in TOKENIZER_FILES):
-        return cand
-  return None
 
 
 def source_dtype(config_dict: dict) -> Optional[str]:

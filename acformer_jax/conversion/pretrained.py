@@ -7,7 +7,6 @@ Spec: ``docs/jax_practices.md`` items 3, 7.
 """
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any, Optional, Tuple
 
@@ -25,15 +24,14 @@ def load_pretrained(directory, *, mesh=None, dtype: Optional[str] = None
     dtype: optional compute dtype override (e.g. ``"bfloat16"``).
   """
   import dataclasses  # pylint: disable=import-outside-toplevel
+  from acformer_jax import params_store  # pylint: disable=import-outside-toplevel
   d = pathlib.Path(directory)
   if not d.is_dir():
     raise FileNotFoundError(f"{d} does not exist")
-  if (d / "model_config.json").is_file():
-    from acformer_jax.inference import loading  # pylint: disable=import-outside-toplevel
-    loaded = loading.load_for_inference(d, mesh=mesh, dtype=dtype, require_tokenizer=False)
-    return loaded.model, loaded.params
-  hf = d / "config.json"
-  if hf.is_file() and json.loads(hf.read_text()).get("model_type") == "llava":
+  if (d / params_store.CONFIG_FILE).is_file():
+    cfg, params = params_store.restore_all(d, mesh=mesh, dtype=dtype)
+    return MultimodalLM(cfg), params
+  if params_store.is_hf_llava(d):
     from acformer_jax import sharding  # pylint: disable=import-outside-toplevel
     from acformer_jax.conversion import formats, pipeline  # pylint: disable=import-outside-toplevel
     plan = formats.make_plan("hf-llava", d)

@@ -1,4 +1,4 @@
-"""Where converted tensors come from: several checkpoints behind one key space.
+"""The one reader of transformers weights: several checkpoints behind one key space.
 
 Spec: ``docs/jax_practices.md`` item 7 and section 9.1 (host RAM during conversion).
 
@@ -6,12 +6,17 @@ A :class:`TensorSource` mounts checkpoint directories (or single ``.bin`` /
 ``.safetensors`` files) under key prefixes, e.g. a LLaVA checkpoint at ``""`` and its
 CLIP tower at ``"vision:"``, and can expose *views*: a virtual key that is a row range
 of a real tensor (the official AcFormer ``to_kv`` weight is our ``to_k`` + ``to_v``).
+Every HF path (``convert``, the trainer's ``hf_llama:`` / ``hf_clip:`` init, the analysis)
+reads through it; :mod:`acformer_jax.conversion.streaming` places the tensors.
 
-Safetensors slices are read through a short-lived memory map of just that tensor,
-closed right after the copy, so pages never pile up in the process's resident set:
-a conversion holds its share of the output plus one tensor at most. ``.bin`` files go
-through :class:`~acformer_jax.conversion.io.CheckpointReader` (``weights_only=True``,
-mmap); call :meth:`TensorSource.release` between parameters to drop their maps.
+Directory layouts, probed in this order: ``model.safetensors.index.json`` (sharded
+safetensors), ``model.safetensors``, ``pytorch_model.bin.index.json`` (sharded pickles),
+``pytorch_model.bin``. Safetensors slices are read through a short-lived memory map of just
+that tensor, closed right after the copy, so pages never pile up in the process's resident
+set: a conversion holds its share of the output plus one tensor at most. Pickles are opened
+with ``torch.load(weights_only=True, mmap=True)`` (never unpickling arbitrary objects); call
+:meth:`TensorSource.release` between parameters to drop their maps. bfloat16 stays bfloat16
+(``ml_dtypes``).
 """
 from __future__ import annotations
 
@@ -25,9 +30,10 @@ from typing import Dict, List, Optional, Tuple
 import ml_dtypes
 import numpy as np
 
-from acformer_jax.conversion import io as io_lib
-
 Index = Tuple[slice, ...]
+LAYOUTS = ("model.safetensors.index.json", "model.safetensors",
+           "pytorch_model.bin.index.json", "pytorch_model.bin")
+BIN_SUFFIXES = (".bin", ".pt", ".pth")
 
 SAFETENSORS_DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
@@ -75,6 +81,16 @@ class SafetensorsFile:
                          f"byte size that does not match its shape {t.shape}")
       self.tensors[key] = t
 
+  def keys(self) -> List[str]:
+    return list(self.tensors)
+
+  def info(self, key: str) -> Tuple[Tuple[int, ...], np.dtype]:
+    t = self.tensors[key]
+    return t.shape, t.dtype
+
+  def close(self) -> None:
+    pass  # no map outlives a read
+
   def read_slice(self, key: str, index: Index) -> np.ndarray:
     t = self.tensors[key]
     if t.end == t.begin:
@@ -92,6 +108,61 @@ class SafetensorsFile:
     return out
 
 
+def _to_numpy(t) -> np.ndarray:
+  """torch tensor -> numpy, bit-exact for bfloat16."""
+  import torch  # pylint: disable=import-outside-toplevel
+  t = t.detach().cpu()
+  if t.dtype == torch.bfloat16:
+    return t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+  return t.numpy()
+
+
+class BinFile:
+  """One torch pickle, opened lazily with ``weights_only=True`` and ``mmap``."""
+
+  def __init__(self, path):
+    self.path = pathlib.Path(path)
+    self._state = None
+
+  def _open(self) -> dict:
+    if self._state is None:
+      import torch  # pylint: disable=import-outside-toplevel
+      try:
+        state = torch.load(str(self.path), map_location="cpu", weights_only=True, mmap=True)
+      except Exception as e:  # pickle errors come in many types
+        raise ValueError(f"{self.path}: cannot read as a weights-only torch checkpoint "
+                         f"(zip format, tensors only): {e}") from e
+      if not isinstance(state, dict):
+        raise ValueError(f"{self.path}: expected a state dict, got {type(state).__name__}")
+      self._state = state
+    return self._state
+
+  def keys(self) -> List[str]:
+    return list(self._open())
+
+  def info(self, key: str) -> Tuple[Tuple[int, ...], np.dtype]:
+    import torch  # pylint: disable=import-outside-toplevel
+    t = self._open()[key]
+    return tuple(t.shape), _to_numpy(torch.empty(0, dtype=t.dtype)).dtype
+
+  def read_slice(self, key: str, index: Index) -> np.ndarray:
+    return np.array(_to_numpy(self._open()[key][tuple(index)]), copy=True)
+
+  def close(self) -> None:
+    self._state = None
+
+
+def _read_index(path: pathlib.Path) -> Dict[str, str]:
+  try:
+    weight_map = dict(json.loads(path.read_text())["weight_map"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise ValueError(f"{path}: not a valid index file (need a 'weight_map'): {e}") from None
+  missing = sorted({f for f in weight_map.values() if not (path.parent / f).is_file()})
+  if missing:
+    raise FileNotFoundError(f"{path} names shard files that do not exist: {missing}")
+  return weight_map
+
+
 @dataclasses.dataclass(frozen=True)
 class _View:
   real: str
@@ -100,79 +171,63 @@ class _View:
 
 
 class _Mount:
-  """One directory (or file) of tensors."""
+  """One directory (in a layout of :data:`LAYOUTS`) or one weights file."""
 
   def __init__(self, path):
     path = pathlib.Path(path)
     if not path.exists():
       raise FileNotFoundError(f"{path} does not exist")
     self.path = path
-    self.reader: Optional[_BinReader] = None
-    self.files: Dict[str, SafetensorsFile] = {}
-    self.file_of: Dict[str, str] = {}
+    self.files: Dict[str, object] = {}   # file name -> SafetensorsFile | BinFile
+    self.file_of: Dict[str, str] = {}    # tensor key -> file name
     if path.is_file():
-      if path.suffix == ".safetensors":
-        self._add_safetensors(path.parent, [path.name])
-      elif path.suffix in (".bin", ".pt", ".pth"):
-        self.reader = _BinReader(path)
-      else:
+      if path.suffix != ".safetensors" and path.suffix not in BIN_SUFFIXES:
         raise ValueError(f"{path}: expected a directory, a .safetensors or a .bin file")
+      self._add(path.parent, [path.name])
       return
-    reader = _BinReader(path)  # validates the layout and the index
-    if reader.format == "safetensors":
-      self._add_safetensors(path, reader.files())
-      if reader._file_of is not None:  # pylint: disable=protected-access
-        index = dict(reader._file_of)  # pylint: disable=protected-access
-        stray = sorted(k for k, f in index.items() if k not in self.files[f].tensors)
-        if stray:
-          raise ValueError(f"{path}: the index names tensors that are not in their shard "
-                           f"files: {stray[:20]}")
-        self.file_of = index
-    else:
-      self.reader = reader
+    layout = next((n for n in LAYOUTS if (path / n).is_file()), None)
+    if layout is None:
+      present = sorted(p.name for p in path.iterdir())
+      raise FileNotFoundError(f"{path}: no weights found; expected one of {list(LAYOUTS)}, "
+                              f"directory holds {present}")
+    if not layout.endswith(".index.json"):
+      self._add(path, [layout])
+      return
+    index = _read_index(path / layout)
+    self._add(path, sorted(set(index.values())), keys_from_files=layout.startswith("model."))
+    if layout.startswith("model."):  # safetensors headers are cheap: check the index
+      stray = sorted(k for k, f in index.items() if k not in self.files[f].tensors)
+      if stray:
+        raise ValueError(f"{path}: the index names tensors that are not in their shard "
+                         f"files: {stray[:20]}")
+    self.file_of = index
 
-  def _add_safetensors(self, directory, names):
+  def _add(self, directory: pathlib.Path, names, keys_from_files: bool = True) -> None:
     for name in names:
-      f = SafetensorsFile(directory / name)
+      f = SafetensorsFile(directory / name) if name.endswith(".safetensors") \
+          else BinFile(directory / name)
       self.files[name] = f
-      for k in f.tensors:
-        self.file_of.setdefault(k, name)
+      if keys_from_files:
+        for k in f.keys():
+          self.file_of.setdefault(k, name)
 
   def keys(self) -> List[str]:
-    return sorted(self.file_of) if self.reader is None else self.reader.keys()
+    return sorted(self.file_of)
+
+  def _file(self, key: str):
+    if key not in self.file_of:
+      raise KeyError(f"{self.path}: no tensor {key!r}")
+    return self.files[self.file_of[key]]
 
   def info(self, key: str) -> Tuple[Tuple[int, ...], np.dtype]:
-    if self.reader is None:
-      t = self.files[self.file_of[key]].tensors[key]
-      return t.shape, t.dtype
-    return self.reader.shape(key), self.reader.dtype(key)
+    return self._file(key).info(key)
 
   def read_slice(self, key: str, index: Index) -> np.ndarray:
-    if self.reader is None:
-      return self.files[self.file_of[key]].read_slice(key, index)
-    return np.array(self.reader.read_slice(key, index), copy=True)
+    return self._file(key).read_slice(key, index)
 
   def release(self):
-    if self.reader is not None:
-      self.reader.close()
-
-
-class _BinReader(io_lib.CheckpointReader):
-  """A CheckpointReader (``weights_only=True``, mmap) that also reports dtypes and can
-  open one bare ``.bin`` file (e.g. a stage-1 ``mm_projector.bin``)."""
-
-  def __init__(self, path):
-    path = pathlib.Path(path)
-    if path.is_dir():
-      super().__init__(path)
-    else:
-      self.directory, self.layout, self.format = path.parent, path.name, "bin"
-      self._file_of, self._handles = None, {}
-
-  def dtype(self, key: str) -> np.dtype:
-    import torch  # pylint: disable=import-outside-toplevel
-    t = self._open(self._locate(key))[key]
-    return io_lib._to_numpy(torch.empty(0, dtype=t.dtype)).dtype  # pylint: disable=protected-access
+    for f in self.files.values():
+      f.close()
 
 
 class TensorSource:
@@ -253,10 +308,16 @@ class TensorSource:
     for m in self._mounts.values():
       m.release()
 
+  def __enter__(self) -> "TensorSource":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
 
 def has_weights(path) -> bool:
   """Whether ``path`` is a weights file or a directory with a known weights layout."""
   p = pathlib.Path(path)
   if p.is_file():
-    return p.suffix in (".safetensors", ".bin", ".pt", ".pth")
-  return p.is_dir() and any((p / n).is_file() for n in io_lib.LAYOUTS)
+    return p.suffix == ".safetensors" or p.suffix in BIN_SUFFIXES
+  return p.is_dir() and any((p / n).is_file() for n in LAYOUTS)

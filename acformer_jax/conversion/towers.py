@@ -15,9 +15,9 @@ from typing import Any, Mapping, Optional, Tuple
 import jax.numpy as jnp
 
 from acformer_jax.config import LLMConfig, VisionConfig
-from acformer_jax.conversion.io import CheckpointReader
 from acformer_jax.conversion.keymaps import KeyMap
-from acformer_jax.conversion.loading import abstract_params, load_params
+from acformer_jax.conversion.sources import TensorSource
+from acformer_jax.conversion.streaming import abstract_params, load_params
 from acformer_jax.models import registry
 from acformer_jax.models.families.decoder_hf import SUPPORTED_ROPE, require, rope_from_hf  # noqa: F401
 from acformer_jax.models.towers import tower, tower_for_hf
@@ -62,7 +62,7 @@ def load_hf_vision(directory, *, select_layer: int = -2, param_dtype="float32",
   ``params`` match ``tower(cfg.tower).module(cfg)`` (all blocks kept: ``layers`` +
   ``unused_layers``, docs/design.md).
 
-  ``shardings``: ``None``, a ``Mesh`` or a tree of shardings (see ``loading.load_params``).
+  ``shardings``: ``None``, a ``Mesh`` or a tree of shardings (see ``streaming.load_params``).
   """
   d = read_hf_config(directory)
   cfg = vision_config_from_hf(d, select_layer)
@@ -70,10 +70,10 @@ def load_hf_vision(directory, *, select_layer: int = -2, param_dtype="float32",
   module = entry.module(cfg, param_dtype=param_dtype)
   abstract = abstract_params(
       module, jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32))
-  with CheckpointReader(directory) as reader:
-    prefix = entry.hf_prefix(reader.keys())
+  with TensorSource().mount("", directory) as source:
+    prefix = entry.hf_prefix(source.keys())
     keymap = entry.keymap(cfg).with_prefix(prefix) + KeyMap((), entry.hf_extras)
-    params = load_params(reader, keymap, abstract, shardings=shardings,
+    params = load_params(source, keymap, abstract, shardings=shardings,
                          what=f"{cfg.tower} vision checkpoint {directory}")
   return cfg, params
 
@@ -87,8 +87,8 @@ def load_hf_llama(directory, *, param_dtype="float32", shardings=None,
   ``registry.decoder(config)``. ``family``: as in :func:`llm_config_from_hf`."""
   cfg = llm_config_from_hf(read_hf_config(directory), family)
   abstract = abstract_params(*llama_init_args(cfg, param_dtype))
-  with CheckpointReader(directory) as reader:
-    params = load_params(reader, registry.family(cfg.family).keymap(cfg), abstract,
+  with TensorSource().mount("", directory) as source:
+    params = load_params(source, registry.family(cfg.family).keymap(cfg), abstract,
                          shardings=shardings, what=f"{cfg.family} checkpoint {directory}")
   return cfg, params
 

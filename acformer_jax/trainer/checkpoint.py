@@ -15,9 +15,10 @@ Layout of a run directory ``<workdir>/checkpoints/<step>/``:
 Orbax writes a step into a temporary directory and renames it when every item is complete,
 so a run killed mid-save leaves no half-visible step. A committed step that fails to restore
 (e.g. truncated files) or whose arrays do not match their recorded checksums (flipped bytes)
-is moved aside to ``corrupt_<step>_<time>`` and the previous one is used, with a warning. The params-only export (:func:`export_for_inference`) is the inference
-format of ``acformer_jax.inference.loading`` (read by ``generate`` / ``evaluate``); any of
-these can seed a new run through :func:`load_params`.
+is moved aside to ``corrupt_<step>_<time>`` and the previous one is used, with a warning. The
+params-only export (:func:`export_for_inference`) is a params directory of
+:mod:`acformer_jax.params_store` (read by ``generate`` / ``evaluate``); any of these can seed
+a new run through ``params_store.restore``.
 """
 from __future__ import annotations
 
@@ -25,22 +26,21 @@ import json
 import logging
 import os
 import pathlib
-import shutil
 import signal
 import threading
 import time
-from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from acformer_jax import integrity
+from acformer_jax import params_store
 
 logger = logging.getLogger("acformer_jax.trainer.checkpoint")
 
 ITEMS = ("state", "data", "config", "integrity")
-EXPORT_PARAMS = "params"
 EXPORT_CONFIG = "experiment_config.json"
 
 
@@ -198,18 +198,10 @@ class CheckpointStore:
 # -- params only -----------------------------------------------------------------------------
 def export_for_inference(directory, params, model_config, *, tokenizer_dir=None,
                          experiment_config: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
-  """Writes the inference layout of ``acformer_jax.inference.loading`` (``params/``,
+  """Writes a params directory (:mod:`acformer_jax.params_store`: ``params/``,
   ``model_config.json``, ``tokenizer/``) plus ``experiment_config.json``; readable by
-  ``generate`` / ``evaluate``. Committed atomically like ``convert``'s output: written under
-  a temporary name, then renamed over an older export (never a half-written ``directory``)."""
-  from acformer_jax.conversion.pipeline import commit_directory, temp_dir_for  # pylint: disable=import-outside-toplevel
-  from acformer_jax.inference.loading import save_for_inference  # pylint: disable=import-outside-toplevel
-  directory = pathlib.Path(directory).absolute()
-  tmp = temp_dir_for(directory)
-  host0 = jax.process_index() == 0
-  if host0 and tmp.exists():
-    shutil.rmtree(tmp)
-  _barrier("acformer_export_cleared")
+  ``generate`` / ``evaluate``. Committed atomically (never a half-written ``directory``),
+  replacing an older export; non-finite params are refused."""
   if tokenizer_dir is not None and not pathlib.Path(tokenizer_dir).is_dir():
     logger.warning("tokenizer directory %s not found; exporting without a tokenizer", tokenizer_dir)
     tokenizer_dir = None
@@ -217,85 +209,11 @@ def export_for_inference(directory, params, model_config, *, tokenizer_dir=None,
     # One host holds every shard anyway: writing host arrays avoids Orbax's per-replica
     # slicing of replicated arrays (an eager op per slice), which dominates tiny exports.
     params = jax.device_get(params)
-  try:
-    save_for_inference(tmp, params, model_config, tokenizer_dir=tokenizer_dir)
-    if experiment_config is not None and host0:
+  with params_store.atomic_directory(directory, overwrite=True, name="acformer_export") as tmp:
+    params_store.write(tmp, params, model_config, tokenizer_dir)
+    if experiment_config is not None and jax.process_index() == 0:
       (tmp / EXPORT_CONFIG).write_text(json.dumps(experiment_config, indent=2, default=str) + "\n")
-    _barrier("acformer_export_written")
-    if host0:
-      commit_directory(tmp, directory, overwrite=True)
-    _barrier("acformer_export_committed")
-  except BaseException:
-    if host0:
-      shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return directory
-
-
-def _barrier(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices(name)
-
-
-def resolve_params_source(path) -> tuple:
-  """``(item directory, key prefix)`` of the parameters stored under ``path``.
-
-  Accepts an export directory (``params/`` inside), a run's checkpoint root or workdir
-  (latest step), a step directory, or an item directory itself.
-  """
-  p = pathlib.Path(path).absolute()
-  if not p.exists():
-    raise FileNotFoundError(f"params source {p} does not exist")
-  if (p / EXPORT_PARAMS).is_dir():
-    return p / EXPORT_PARAMS, ()
-  if (p / "state").is_dir():
-    return p / "state", ("params",)
-  for root in (p / "checkpoints", p):
-    steps = sorted(int(c.name) for c in root.iterdir() if c.is_dir() and c.name.isdigit()) \
-        if root.is_dir() else []
-    if steps:
-      return root / str(steps[-1]) / "state", ("params",)
-  if (p / "_METADATA").is_file():
-    return p, ()
-  raise FileNotFoundError(
-      f"{p} holds no parameters: expected an export directory (params/), a checkpoint root "
-      "(<step>/state), a step directory (state/) or an Orbax item directory (_METADATA)")
-
-
-def load_params(path, abstract: Mapping[str, Any], prefix: Sequence[str] = ()) -> Dict[str, Any]:
-  """Restores the subtree ``abstract`` (ShapeDtypeStructs with shardings) from ``path``.
-
-  ``prefix`` addresses the subtree inside the stored parameter tree, e.g. ``("connector",)``;
-  everything else in the checkpoint is skipped (partial restore, no extra memory).
-  """
-  item, base = resolve_params_source(path)
-  keys = tuple(base) + tuple(prefix)
-  target: Any = abstract
-  for k in reversed(keys):
-    target = {k: target}
-  restore_args = jax.tree.map(
-      lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape, dtype=a.dtype),
-      target)
-  try:
-    out = ocp.PyTreeCheckpointer().restore(item, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=restore_args, partial_restore=True))
-  except Exception as e:
-    raise ValueError(f"cannot load {'/'.join(keys) or 'params'} from {item}: {e}") from e
-  integrity.verify(out, read_checksums(item), f"params source {item}")
-  for k in keys:
-    out = out[k]
-  return out
-
-
-def read_checksums(item) -> Optional[Mapping[str, Any]]:
-  """Recorded checksums of a params item: a run's ``<step>/integrity`` item for
-  ``<step>/state``, else the export's ``params_checksums.json``; None when there are none."""
-  item = pathlib.Path(item)
-  if item.name == "state" and (item.parent / "integrity").is_dir():
-    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-        item.parent / "integrity", args=ocp.args.JsonRestore())
-  return integrity.read_sidecar(item)
+  return pathlib.Path(directory).absolute()
 
 
 # -- preemption --------------------------------------------------------------------------------

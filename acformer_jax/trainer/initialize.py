@@ -17,7 +17,7 @@ import jax
 
 from acformer_jax import config as config_lib
 from acformer_jax import integrity
-from acformer_jax.trainer import checkpoint as ckpt_lib
+from acformer_jax import params_store
 from acformer_jax.trainer import experiment
 
 logger = logging.getLogger("acformer_jax.trainer.initialize")
@@ -53,7 +53,7 @@ def load_subtree(name: str, src: Mapping[str, str], abstract, mc: config_lib.Mod
   if kind == "orbax":
     prefix = tuple(p for p in src["prefix"].split("/") if p)
     try:
-      loaded = ckpt_lib.load_params(path, abstract, prefix=prefix)
+      loaded = params_store.restore(path, abstract, prefix=prefix)
     except integrity.IntegrityError as e:
       from acformer_jax.trainer.validate import ConfigError  # pylint: disable=import-outside-toplevel
       raise ConfigError(f"init.{name}: {e}") from None

@@ -21,6 +21,7 @@ import pathlib
 from typing import Any, Dict, List, Mapping, Optional
 
 from acformer_jax import config as config_lib
+from acformer_jax import params_store
 from acformer_jax.trainer.validate import ConfigError
 
 KINDS = ("acformer", "hf-llava")
@@ -47,10 +48,7 @@ def _read_json(path: pathlib.Path) -> dict:
 
 
 def _acformer_dir(d: pathlib.Path) -> Optional[pathlib.Path]:
-  for cand in (d, d / "export"):
-    if (cand / "model_config.json").is_file() and (cand / "params").is_dir():
-      return cand
-  return None
+  return next((c for c in (d, d / "export") if params_store.is_checkpoint(c)), None)
 
 
 def _max_length(llm: config_lib.LLMConfig, given=None) -> int:
@@ -95,18 +93,17 @@ def _hf_defaults(d: pathlib.Path, mc: config_lib.ModelConfig) -> Dict[str, Any]:
 
 def inspect(directory) -> Pretrained:
   """Reads the model config, tokenizer location and template defaults of ``directory``."""
-  from acformer_jax.conversion import hf_llava, plan as plan_lib  # pylint: disable=import-outside-toplevel
-  from acformer_jax.inference import loading  # pylint: disable=import-outside-toplevel
+  from acformer_jax.conversion import hf_llava  # pylint: disable=import-outside-toplevel
   d = pathlib.Path(directory).expanduser().absolute()
   if not d.is_dir():
     raise ConfigError(f"init.from_pretrained={directory}: no such directory")
   ours = _acformer_dir(d)
   if ours is not None:
     try:
-      mc = loading.read_model_config(ours)
+      mc = params_store.read_model_config(ours)
     except (FileNotFoundError, ValueError) as e:
       raise ConfigError(f"init.from_pretrained: {e}") from None
-    return Pretrained(ours, "acformer", mc, loading.find_tokenizer_dir(ours),
+    return Pretrained(ours, "acformer", mc, params_store.find_tokenizer(ours),
                       _acformer_defaults(ours, mc))
   hf = d / "config.json"
   if hf.is_file() and _read_json(hf).get("model_type") == "llava":
@@ -114,7 +111,7 @@ def inspect(directory) -> Pretrained:
     mc = hf_llava.model_config_from_hf_llava(_read_json(hf), problems)
     if problems:
       raise ConfigError(f"init.from_pretrained={d}: unsupported Llava config: " + "; ".join(problems))
-    return Pretrained(d, "hf-llava", mc, plan_lib.find_tokenizer(d), _hf_defaults(d, mc))
+    return Pretrained(d, "hf-llava", mc, params_store.find_tokenizer(d), _hf_defaults(d, mc))
   raise ConfigError(
       f"init.from_pretrained={d}: neither an acformer_jax checkpoint (model_config.json + "
       "params/, or a run directory with export/) nor a transformers Llava directory "
@@ -203,14 +200,13 @@ def _with_init_tokenizer(config):
   """Without ``from_pretrained``: an unset ``data.tokenizer_path`` becomes the tokenizer of
   ``init.params_from=orbax:<run or export>`` when it has one (a stage-2 run trains with the
   tokenizer of its stage-1 run)."""
-  from acformer_jax.inference import loading  # pylint: disable=import-outside-toplevel
   spec = config.init.get("params_from") if "init" in config else None
   if not spec or not str(spec).startswith("orbax:") or "data" not in config or \
       config.data.get("tokenizer_path") is not None:
     return config
   root = pathlib.Path(str(spec)[len("orbax:"):].split("#")[0])
   ours = _acformer_dir(root) if root.is_dir() else None
-  tok = loading.find_tokenizer_dir(ours) if ours is not None else None
+  tok = params_store.find_tokenizer(ours) if ours is not None else None
   if tok is None:
     return config
   out = copy.deepcopy(config)
@@ -224,15 +220,13 @@ def load_subtree(directory, name: str, abstract) -> Dict[str, Any]:
   import jax  # pylint: disable=import-outside-toplevel
   pre = inspect(directory)
   if pre.kind == "acformer":
-    from acformer_jax.trainer import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-    return ckpt_lib.load_params(pre.directory, abstract, prefix=(name,))
+    return params_store.restore(pre.directory, abstract, prefix=(name,))
   from acformer_jax.conversion import formats, pipeline  # pylint: disable=import-outside-toplevel
   from acformer_jax.conversion.keymaps import flatten_paths, unflatten_paths  # pylint: disable=import-outside-toplevel
-  from acformer_jax.inference import loading  # pylint: disable=import-outside-toplevel
   plan = formats.make_plan("hf-llava", pre.directory)
   # Checked against the whole model (shapes only), read for this subtree only.
   try:
-    pipeline.validate(plan, flatten_paths(loading.sharded_abstract(pipeline._abstract(plan.config))))  # pylint: disable=protected-access
+    pipeline.validate(plan, flatten_paths(params_store.target_tree(plan.config)))
   except ValueError as e:
     raise ConfigError(f"init.from_pretrained={pre.directory}: {e}") from None
   flat = pipeline.load_params(plan, flatten_paths({name: abstract}))

@@ -9,6 +9,7 @@ from absl import flags
 
 import tiny_checkpoints as T
 from acformer_jax import convert as convert_cli
+from acformer_jax import params_store
 from acformer_jax.conversion import formats, pipeline
 from acformer_jax.conversion.keymaps import LINEAR, ConversionError
 
@@ -138,7 +139,7 @@ def test_failed_self_check_writes_nothing(llava_src, tmp_path, monkeypatch):
 def test_interrupted_write_leaves_no_output(llava_src, tmp_path, monkeypatch):
   def crash(*a, **k):
     raise OSError("disk full")
-  monkeypatch.setattr(pipeline, "copy_tokenizer", crash)
+  monkeypatch.setattr(params_store.layout, "copy_tokenizer", crash)
   with pytest.raises(OSError, match="disk full"):
     pipeline.convert("hf-llava", llava_src, tmp_path / "out", skip_check=True)
   _assert_nothing_written(tmp_path)

@@ -15,8 +15,8 @@ from acformer_jax import config as C
 from acformer_jax import load_pretrained
 from acformer_jax.conversion import exporting, pipeline
 from acformer_jax.conversion.check import fixed_inputs
+from acformer_jax import params_store
 from acformer_jax.inference import loading
-from acformer_jax.trainer import checkpoint as ckpt_lib
 from tests.inference import tiny_model
 
 TOL = 2e-4
@@ -59,7 +59,7 @@ def test_hf_llava(layout, tmp_path):
     # The training stack initialises a subtree from the same directory.
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                             params["llm"])
-    llm = ckpt_lib.load_params(tmp_path / "ckpt", abstract, prefix=("llm",))
+    llm = params_store.restore(tmp_path / "ckpt", abstract, prefix=("llm",))
     jax.tree.map(np.testing.assert_array_equal, llm, params["llm"])
     images, ids = fixed_inputs(mod.config)
     ours = np.asarray(mod.apply({"params": params}, images, ids))

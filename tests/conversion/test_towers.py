@@ -14,7 +14,7 @@ import transformers
 import tiny_hf
 from acformer_jax import sharding
 from acformer_jax.conversion import ConversionError, load_hf_clip_vision, load_hf_llama
-from acformer_jax.conversion.io import CheckpointReader
+from acformer_jax.conversion.sources import TensorSource
 from acformer_jax.conversion.keymaps import clip_vision_keymap, flatten_paths, llama_keymap
 from acformer_jax.conversion.towers import llm_config_from_hf, rope_from_hf
 
@@ -83,8 +83,8 @@ def test_full_clip_model_directory(tmp_path):
 def test_bfloat16_checkpoint(llama, tmp_path):
   model = tiny_hf.tiny_llama(seed=8).to(torch.bfloat16)
   model.save_pretrained(tmp_path)
-  with CheckpointReader(tmp_path) as reader:
-    assert reader.read("model.norm.weight").dtype == ml_dtypes.bfloat16
+  with TensorSource().mount("", tmp_path) as source:
+    assert source.read("model.norm.weight").dtype == ml_dtypes.bfloat16
   _, params = load_hf_llama(tmp_path)
   assert params["norm"]["scale"].dtype == np.float32
   np.testing.assert_array_equal(np.asarray(params["norm"]["scale"]),
@@ -150,20 +150,20 @@ def test_sharded_placement_reads_slices(llama, clip, fmt, tmp_path):
 
 def test_reader_slices_and_errors(llama, tmp_path):
   directory = tiny_hf.save(llama, tmp_path / "ok", "sharded")
-  with CheckpointReader(directory) as reader:
-    full = reader.read("model.embed_tokens.weight")
+  with TensorSource().mount("", directory) as source:
+    full = source.read("model.embed_tokens.weight")
     np.testing.assert_array_equal(
-        reader.read_slice("model.embed_tokens.weight", (slice(3, 9), slice(None, None, 2))),
+        source.read_slice("model.embed_tokens.weight", (slice(3, 9), slice(None, None, 2))),
         full[3:9, ::2])
-    assert len(dict(reader.items())) == len(reader.keys()) == len(llama.state_dict())
+    assert len(source.keys()) == len(llama.state_dict())
   (tmp_path / "empty").mkdir()
   (tmp_path / "empty" / "weights.pt").write_bytes(b"")
   with pytest.raises(FileNotFoundError, match=r"expected one of .*model.safetensors.*'weights.pt'"):
-    CheckpointReader(tmp_path / "empty")
+    TensorSource().mount("", tmp_path / "empty")
   index = json.loads((directory / "model.safetensors.index.json").read_text())
   (directory / sorted(set(index["weight_map"].values()))[0]).unlink()
   with pytest.raises(FileNotFoundError, match="shard files that do not exist"):
-    CheckpointReader(directory)
+    TensorSource().mount("", directory)
 
 
 def test_config_translation_rules():

@@ -12,11 +12,11 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny):
-  """An inference checkpoint directory (loading.save_for_inference layout) of a tiny
+  """A params directory (params_store.save) of a tiny
   random model with a tiny trained SentencePiece tokenizer, plus its params."""
-  from acformer_jax.inference import loading  # pylint: disable=import-outside-toplevel
+  from acformer_jax import params_store  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp("ckpt")
   tok = tiny_model.make_tokenizer(root / "tok_src")
   params = tiny[1]
-  loading.save_for_inference(root / "model", params, tiny_model.CKPT_CONFIG, tokenizer_dir=tok)
+  params_store.save(root / "model", params, tiny_model.CKPT_CONFIG, tokenizer_dir=tok)
   return root / "model", params

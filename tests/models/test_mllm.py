@@ -9,7 +9,7 @@ import transformers
 
 from acformer_jax import config as C
 from acformer_jax import sharding
-from acformer_jax.conversion import CheckpointReader, KeyMap, Rule, abstract_params, load_params
+from acformer_jax.conversion import KeyMap, Rule, TensorSource, abstract_params, load_params
 from acformer_jax.conversion.keymaps import LINEAR, clip_vision_keymap, llama_keymap
 from acformer_jax.models import MultimodalLM
 
@@ -76,8 +76,8 @@ def test_logits_match_transformers_llava(tmp_path):
   model = MultimodalLM(cfg)
   images, ids, mask = _batch()
   abstract = abstract_params(model, images, ids, mask)
-  with CheckpointReader(tmp_path) as reader:
-    params = load_params(reader, _llava_keymap(VISION, LLM), abstract)
+  with TensorSource().mount("", tmp_path) as source:
+    params = load_params(source, _llava_keymap(VISION, LLM), abstract)
 
   @jax.jit
   def run(p, images):

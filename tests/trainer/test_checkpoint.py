@@ -10,6 +10,7 @@ import pytest
 
 from acformer_jax import sharding
 from acformer_jax.models.mllm import MultimodalLM
+from acformer_jax import params_store
 from acformer_jax.trainer import checkpoint as ckpt_lib
 from acformer_jax.trainer import experiment, initialize, optim, state as S
 from tests.trainer import tiny
@@ -134,10 +135,10 @@ def test_bad_sources_give_clear_errors(tmp_path):
   with pytest.raises(ValueError, match="expected 'orbax:<path>"):
     experiment.parse_source("/just/a/path", "llm")
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    ckpt_lib.resolve_params_source(tmp_path / "missing")
+    params_store.resolve_params_source(tmp_path / "missing")
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="holds no parameters"):
-    ckpt_lib.resolve_params_source(tmp_path / "empty")
+    params_store.resolve_params_source(tmp_path / "empty")
   # Shape mismatch names the subtree and the path.
   state, _ = _random_state(sharding.make_mesh((8, 1, 1)), 0)
   store = _store(tmp_path / "run")
@@ -147,7 +148,7 @@ def test_bad_sources_give_clear_errors(tmp_path):
   wider = jax.tree.map(lambda a: jax.ShapeDtypeStruct((a.shape[0] + 8,) + a.shape[1:], a.dtype,
                                                       sharding=a.sharding), wider)
   with pytest.raises(ValueError, match="cannot load params/connector from .*Requested shape"):
-    ckpt_lib.load_params(tmp_path / "run", wider, prefix=("connector",))
+    params_store.restore(tmp_path / "run", wider, prefix=("connector",))
 
 
 def test_resuming_a_different_model_is_refused(tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from acformer_jax import integrity, sharding
+from acformer_jax import params_store
 from acformer_jax.trainer import checkpoint as ckpt_lib
 from acformer_jax.trainer import experiment, initialize, loop
 from acformer_jax.trainer.validate import ConfigError
@@ -102,7 +103,7 @@ def test_flipped_bytes_in_a_params_export_name_the_array(tmp_path):
   with pytest.raises(ConfigError, match=r"init.llm: .*llm/embed_tokens/embedding"):
     initialize.load_subtree("llm", src, abstract.params["llm"], tiny.MODEL)
   # The connector is undamaged: loading only it passes.
-  ok = ckpt_lib.load_params(exported, abstract.params["connector"], prefix=("connector",))
+  ok = params_store.restore(exported, abstract.params["connector"], prefix=("connector",))
   tc._equal(ok, jax.device_get(state.params["connector"]))  # pylint: disable=protected-access
 
 
