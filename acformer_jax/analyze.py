@@ -103,12 +103,12 @@ def analyze(checkpoint, image, out, *, budgets: Sequence[int] = (64, 144, 256),
   cfg = ck.config
   if image_size is not None and image_size != cfg.image_size:
     if not cfg.position_grid:
-      raise ValueError(f"--image_size={image_size}: the {cfg.tower} tower's position "
+      raise ValueError(f"--resolution={image_size}: the {cfg.tower} tower's position "
                        f"embeddings are fixed to {cfg.image_size} px (no interpolation)")
     cfg = dataclasses.replace(cfg, image_size=image_size)
     problems = towers.validate(cfg)
     if cfg.image_size % cfg.patch_size or problems:
-      raise ValueError(f"--image_size={image_size}: not a multiple of the patch "
+      raise ValueError(f"--resolution={image_size}: not a multiple of the patch "
                        f"{cfg.patch_size} ({problems})")
   entry = towers.tower(cfg.tower)
   try:

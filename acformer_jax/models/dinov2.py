@@ -28,8 +28,8 @@ from acformer_jax.keymap import CONV2D, KeyMap, LINEAR, LayerStack, Rule
 from acformer_jax.models import towers
 from acformer_jax.models.layers import (DEFAULT_KERNEL_INIT, DType, constrain, layer_norm,
                                         partitioned, stacked, to_dtype)
-from acformer_jax.models.vit import (VisionBlock, check_pixels, patch_embedding, scan_blocks,
-                                     vit_flops)
+from acformer_jax.models.vit import (TowerModule, VisionBlock, check_pixels, patch_embedding,
+                                     scan_blocks, vit_flops)
 
 
 def _cubic(x: np.ndarray, a: float) -> np.ndarray:
@@ -108,14 +108,8 @@ class Dinov2Embeddings(nn.Module):
     return jnp.concatenate(parts + [x], axis=1)
 
 
-class Dinov2Tower(nn.Module):
+class Dinov2Tower(TowerModule):
   """DINOv2 truncated at ``config.select_layer`` (see the module docstring)."""
-  config: VisionConfig
-  dtype: DType = "float32"
-  param_dtype: DType = "float32"
-  scan_layers: bool = True
-  remat_policy: str = "none"
-  attention: str = "xla"
 
   @nn.compact
   def __call__(self, pixel_values: jax.Array) -> Tuple[jax.Array, jax.Array]:

@@ -31,8 +31,9 @@ from acformer_jax.keymap import CONV2D, IDENTITY, KeyMap, LINEAR, LayerStack, Ru
 from acformer_jax.models import towers
 from acformer_jax.models.layers import (DEFAULT_KERNEL_INIT, DType, constrain, dense, layer_norm,
                                         partitioned, stacked, to_dtype)
-from acformer_jax.models.vit import (CLIP_VISION_LAYER_RULES, VisionBlock, VisionMLP,
-                                     check_pixels, patch_embedding, scan_blocks, vit_flops)
+from acformer_jax.models.vit import (CLIP_VISION_LAYER_RULES, TowerModule, VisionBlock,
+                                     VisionMLP, check_pixels, patch_embedding, scan_blocks,
+                                     vit_flops)
 
 ACT = "gelu_pytorch_tanh"
 ANCHOR_SOURCES = ("auto", "probe", "received")
@@ -99,14 +100,8 @@ class AttentionPoolHead(nn.Module):
     return out[:, 0], probs[:, :, 0]
 
 
-class SiglipVisionTower(nn.Module):
+class SiglipVisionTower(TowerModule):
   """SigLIP vision tower truncated at ``config.select_layer`` (see the module docstring)."""
-  config: VisionConfig
-  dtype: DType = "float32"
-  param_dtype: DType = "float32"
-  scan_layers: bool = True
-  remat_policy: str = "none"
-  attention: str = "xla"
 
   @nn.compact
   def __call__(self, pixel_values: jax.Array) -> Tuple[jax.Array, jax.Array]:

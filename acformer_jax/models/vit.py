@@ -221,8 +221,8 @@ class VisionBlock(nn.Module):
     return constrain(x, _ACT), cls_attn
 
 
-class VisionTransformer(nn.Module):
-  """CLIP vision tower truncated at ``config.select_layer`` (docs/method.md 2.8).
+class TowerModule(nn.Module):
+  """The fields every tower module takes (``towers.build``: ``layers.tower_options``).
 
   Attributes:
     config: the ``VisionConfig``.
@@ -238,6 +238,10 @@ class VisionTransformer(nn.Module):
   scan_layers: bool = True
   remat_policy: str = "none"
   attention: str = "xla"
+
+
+class VisionTransformer(TowerModule):
+  """CLIP vision tower truncated at ``config.select_layer`` (docs/method.md 2.8)."""
 
   @nn.compact
   def __call__(self, pixel_values: jax.Array) -> Tuple[jax.Array, jax.Array]:

@@ -18,9 +18,9 @@ from acformer_jax import config as C
 from acformer_jax import sharding
 from acformer_jax.models import connectors, towers
 from acformer_jax.models.anchors import gather_tokens
-from acformer_jax.models.layers import DEFAULT_KERNEL_INIT, DType, partitioned, to_dtype
+from acformer_jax.models.layers import DEFAULT_KERNEL_INIT, partitioned, to_dtype
 from acformer_jax.models.mllm import MultimodalLM
-from acformer_jax.models.vit import VisionBlock, check_pixels, patch_embedding
+from acformer_jax.models.vit import TowerModule, VisionBlock, check_pixels, patch_embedding
 from acformer_jax.trainer import experiment, flops, optim, state as S, step as ST
 from tests.trainer import tiny
 
@@ -29,14 +29,8 @@ MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 
 
 # ---- the whole tower: module, entry ------------------------------------------------------
-class ToyTower(nn.Module):
+class ToyTower(TowerModule):
   """``pixels [B,S,S,C] -> (features [B,N+1,D] (token 0: patch mean), probe [B,H,N])``."""
-  config: C.VisionConfig
-  dtype: DType = "float32"
-  param_dtype: DType = "float32"
-  scan_layers: bool = True
-  remat_policy: str = "none"
-  attention: str = "xla"
 
   @nn.compact
   def __call__(self, pixel_values):
