@@ -49,8 +49,6 @@ def test_llava_with_siglip_tower_converts_and_matches(tmp_path):
   exporting.export(tmp_path / "ckpt", "hf-llava", tmp_path / "back")
   back = transformers.LlavaForConditionalGeneration.from_pretrained(tmp_path / "back").eval()
   assert back.config.vision_feature_select_strategy == "full"
-  images = transformers.LlavaProcessor.from_pretrained(tmp_path / "back").image_processor
-  assert list(images.image_mean) == list(images.image_std) == [0.5] * 3  # SigLIP's, not CLIP's
   for k, v in model.state_dict().items():
     assert torch.equal(back.state_dict()[k], v), k
 
