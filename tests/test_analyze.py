@@ -165,3 +165,80 @@ def test_loads_the_vision_tower_of_a_transformers_llava(tmp_path):
   hidden, _ = layers.all_layers(ck.config, ck.params, pixels.permute(0, 2, 3, 1).numpy())
   for i, h in enumerate(ref):
     np.testing.assert_allclose(hidden[i], h.numpy(), atol=1e-4, rtol=0)
+
+
+# ---- every registered tower, through the tower registry ----------------------------------
+def _tower_models():
+  from tests.models.test_vision_towers import tiny_dinov2, tiny_siglip
+  return tiny_siglip(seed=7, layers=2), tiny_dinov2(seed=8, registers=2, layers=2)
+
+
+def test_all_layers_of_siglip_and_dinov2_match_transformers(tmp_path):
+  """Per-block hidden states and anchor rows of the non-CLIP towers (registers dropped,
+  SigLIP's summary token = mean), and SigLIP's probe attention = its pooling head's."""
+  from acformer_jax.conversion.towers import load_hf_vision
+  for model in _tower_models():
+    d = tiny_hf.save(model, tmp_path / type(model).__name__)
+    cfg, params = load_hf_vision(d, select_layer=-1)
+    s = cfg.image_size
+    x = np.random.default_rng(s).standard_normal((2, s, s, 3)).astype(np.float32)
+    with torch.no_grad():
+      ref = model(pixel_values=torch.from_numpy(x).permute(0, 3, 1, 2), output_hidden_states=True,
+                  output_attentions=True)
+    run = layers.run_layers(cfg, params, x)
+    r = cfg.num_register_tokens
+    assert run.hidden.shape[0] == 3 and run.rows.shape == (2, 2, 4, cfg.num_patches)
+    for i, h in enumerate(ref.hidden_states):
+      h = h.numpy()
+      if cfg.tower == "siglip":
+        h = np.concatenate([h.mean(1, keepdims=True), h], 1)
+      else:
+        h = h[:, np.r_[0, np.arange(1 + r, h.shape[1])]]
+      np.testing.assert_allclose(run.hidden[i], h, atol=1e-4, rtol=0)
+    for i, a in enumerate(ref.attentions):
+      a = a.numpy()
+      want = a.mean(axis=2) if run.row_kind == "received" else a[:, :, 0, 1 + r:]
+      np.testing.assert_allclose(run.rows[i], want, atol=1e-5, rtol=0)
+    if cfg.tower == "siglip":
+      assert run.row_kind == "received" and run.used == "probe"
+      with torch.no_grad():
+        probe = model.head.probe.repeat(2, 1, 1)
+        last = ref.last_hidden_state
+        _, w = model.head.attention(probe, last, last, need_weights=True,
+                                    average_attn_weights=False)
+      np.testing.assert_allclose(run.extras["probe"], w[:, :, 0].numpy(), atol=1e-5, rtol=0)
+    else:
+      assert run.row_kind == run.used == "cls" and not run.extras
+
+
+def test_cli_draws_both_siglip_sources_and_runs_dinov2_at_another_size(tmp_path, image_file):
+  from acformer_jax.models import towers
+  from acformer_jax.models.siglip import SiglipVisionTower
+  siglip, dino = _tower_models()
+  d = tiny_hf.save(siglip, tmp_path / "siglip")
+  s = analyze.analyze(d, image_file, tmp_path / "o", budgets=[4, 8])
+  assert s["checkpoint_kind"] == "hf_siglip" and s["anchor_source"] == "probe"
+  assert {"received_attention_maps", "received_attention_heads", "probe_attention_heads",
+          "anchors", "anchors_received"} <= set(s["figures"])
+  assert set(s["anchor_sources"]) == {"received", "probe"}
+  assert s["vision"]["summary_token"] == "mean of the patches"
+  # The probe anchors are those the model's connector would rank (SigLIP's own mean/std).
+  from acformer_jax.analysis import loading
+  ck = loading.load_vision(d)
+  pixels = preprocess.preprocess_image(str(image_file), 32, pad_to_square=False,
+                                       mean=towers.HALF, std=towers.HALF)
+  _, anchor = jax.jit(SiglipVisionTower(ck.config).apply)({"params": ck.params}, pixels[None])
+  for b in s["budgets"]:
+    want = np.asarray(select_anchors(anchor, b["budget"]))[0, 1:] - 1
+    assert b["anchors"] == want.tolist()
+  # DINOv2 run at 42 px (its position grid is 4x4 = 56 px): a 3x3 grid, ImageNet mean/std.
+  d = tiny_hf.save(dino, tmp_path / "dino")
+  out = tmp_path / "d"
+  assert analyze.main(["--checkpoint", str(d), "--image", str(image_file), "--out", str(out),
+                       "--resolution", "42", "--budgets", "4"]) == 0
+  s = json.loads((out / "summary.json").read_text())
+  assert s["checkpoint_kind"] == "hf_dinov2" and s["vision"]["grid"] == 3
+  assert s["anchor_source"] == "cls" and "cls_attention_maps" in s["figures"]
+  with pytest.raises(ValueError, match="fixed to 56 px"):
+    analyze.analyze(tiny_hf.save(tiny_hf.tiny_clip_vision(seed=2), tmp_path / "clip"),
+                    image_file, tmp_path / "c", image_size=42)

@@ -60,7 +60,7 @@ def norm_profile(layers: Sequence[Dict], path) -> pathlib.Path:
   ax1.set_ylabel("max / median patch norm", color="tab:red")
   ax2 = ax1.twinx()
   ax2.plot(x, [d["cls_attention_on_high_norm"] for d in layers], "s--", color="tab:blue")
-  ax2.set_ylabel("CLS attention on high-norm tokens", color="tab:blue")
+  ax2.set_ylabel("attention rows on high-norm tokens", color="tab:blue")
   ax2.set_ylim(0, 1)
   ax1.set_title("High-norm tokens across layers")
   return _save(fig, path)
@@ -96,7 +96,7 @@ def pca_figure(image: np.ndarray, proj: np.ndarray, explained: np.ndarray, norms
 
 
 def anchors_figure(image: np.ndarray, grid: int, selections: Sequence[Dict], high: np.ndarray,
-                   path) -> pathlib.Path:
+                   path, source: str = "CLS attention") -> pathlib.Path:
   """The image with each budget's anchors (yellow squares) and high-norm tokens (red x)."""
   fig, axes = plt.subplots(1, len(selections), figsize=(4 * len(selections), 4.3), squeeze=False)
   size = image.shape[0]
@@ -115,5 +115,5 @@ def anchors_figure(image: np.ndarray, grid: int, selections: Sequence[Dict], hig
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(f"K={sel['budget']}: {sel['num_tokens']} tokens")
-  fig.suptitle("Selected anchors (squares) and high-norm tokens (x)")
+  fig.suptitle(f"Anchors from {source} (squares) and high-norm tokens (x)")
   return _save(fig, path)

@@ -1,22 +1,42 @@
-"""All ViT layers in one pass: hidden states and CLS attention per block.
+"""All tower layers in one pass: hidden states and anchor-source attention per block.
 
-``VisionTransformer`` returns one selected layer (docs/design.md); the analysis needs every
-layer, so this runs the same modules (``VisionEmbeddings``, ``pre_layrnorm``,
-``VisionBlock``) block by block over the stacked parameters ``layers`` + ``unused_layers``
-in one ``lax.scan``. Output ``i`` equals HF ``hidden_states[i]`` / ``attentions[i-1]``
-(spec ``docs/method.md`` 1.2, 2.8).
+A tower module returns one selected layer (docs/design.md); the analysis needs every
+layer, so it asks the tower registry: ``Tower.all_layers`` (``models/towers.py``) runs the
+tower's own embeddings and blocks over the stacked parameters ``layers`` +
+``unused_layers`` in one ``lax.scan``. Output ``i`` equals HF ``hidden_states[i]`` (laid out
+as the tower's ``features``) and block ``i``'s attention rows (spec ``docs/method.md`` 1.2,
+2.8): CLS attention for CLIP / DINOv2, mean attention received for SigLIP, whose pooling
+head's probe attention comes as an extra source.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Mapping, Tuple
+from typing import Dict, Mapping, Tuple
 
 import jax
 import jax.numpy as jnp
 
 from acformer_jax.config import VisionConfig
-from acformer_jax.models.layers import layer_norm
-from acformer_jax.models.vit import VisionBlock, VisionEmbeddings
+from acformer_jax.models import towers
+
+
+@dataclasses.dataclass(frozen=True)
+class Layers:
+  """Every block of a tower on a batch (arrays are float32).
+
+  Attributes:
+    hidden: ``[L+1, B, N+1, D]``; index 0 = after the embeddings, index ``i`` = block ``i``.
+    rows: ``[L, B, H, N]``, block ``i``'s ``row_kind`` attention at index ``i-1``.
+    row_kind: ``"cls"`` or ``"received"`` (``Tower.layer_rows``).
+    extras: anchor sources that are not per block (``{"probe": [B, H, N]}``).
+    used: the source the model's connector ranks (``row_kind`` or a key of ``extras``).
+  """
+  hidden: jax.Array
+  rows: jax.Array
+  row_kind: str
+  extras: Dict[str, jax.Array]
+  used: str
 
 
 def stacked_blocks(params: Mapping, num_layers: int) -> dict:
@@ -27,7 +47,7 @@ def stacked_blocks(params: Mapping, num_layers: int) -> dict:
   """
   if "layers" not in params:
     raise ValueError(f"vision params have no 'layers' subtree (keys: {sorted(params)}); "
-                     "expected a VisionTransformer parameter tree (docs/design.md)")
+                     "expected a vision tower parameter tree (docs/design.md)")
   parts = [params["layers"]] + ([params["unused_layers"]] if "unused_layers" in params else [])
   blocks = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
   have = jax.tree.leaves(blocks)[0].shape[0]
@@ -39,33 +59,30 @@ def stacked_blocks(params: Mapping, num_layers: int) -> dict:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _run(cfg: VisionConfig, params, blocks, images):
-  kw = dict(dtype="float32", param_dtype="float32")
-  x = VisionEmbeddings(cfg, **kw).apply({"params": params["embeddings"]}, images)
-  x = layer_norm(cfg.layer_norm_eps, **kw).apply({"params": params["pre_layrnorm"]}, x)
-
-  def body(h, p):
-    h, cls_attn = VisionBlock(cfg, **kw).apply({"params": p}, h)
-    return h, (h, cls_attn)
-
-  _, (hidden, cls_attn) = jax.lax.scan(body, x, blocks)
-  return jnp.concatenate([x[None], hidden], axis=0), cls_attn
+  return towers.tower(cfg.tower).all_layers(cfg, params, blocks, images)
 
 
-def all_layers(cfg: VisionConfig, params: Mapping, images) -> Tuple[jax.Array, jax.Array]:
-  """Runs every ViT block on ``images``.
+def run_layers(cfg: VisionConfig, params: Mapping, images) -> Layers:
+  """Runs every block of ``cfg.tower`` on ``images``.
 
   Args:
-    cfg: the vision config (``select_layer`` is irrelevant here).
-    params: the unboxed ``VisionTransformer`` params (``vision/`` of the MLLM).
-    images: float32 ``[B, S, S, 3]`` CLIP-normalised.
-
-  Returns:
-    ``hidden [L+1, B, N+1, D]`` (index 0 = embeddings after ``pre_layrnorm``, index ``i`` =
-    output of block ``i``) and ``cls_attn [L, B, heads, N]`` (index ``i-1`` = block ``i``'s
-    CLS row over the patches).
+    cfg: the vision config (``select_layer`` only picks ``used``'s block, not what runs).
+    params: the unboxed tower params (``vision/`` of the MLLM).
+    images: float32 ``[B, S, S, C]`` normalised with the tower's mean/std.
   """
+  entry = towers.tower(cfg.tower)
+  if entry.all_layers is None:
+    raise ValueError(f"vision.tower={cfg.tower!r} registers no all_layers; the analysis "
+                     "cannot run it (models/towers.py)")
   images = jnp.asarray(images, jnp.float32)
   s = cfg.image_size
   if images.ndim != 4 or images.shape[1:] != (s, s, cfg.num_channels):
     raise ValueError(f"images must be [B, {s}, {s}, {cfg.num_channels}]; got {images.shape}")
-  return _run(cfg, params, stacked_blocks(params, cfg.num_layers), images)
+  hidden, rows, extras = _run(cfg, params, stacked_blocks(params, cfg.num_layers), images)
+  return Layers(hidden, rows, entry.layer_rows, dict(extras), entry.anchor_used(cfg))
+
+
+def all_layers(cfg: VisionConfig, params: Mapping, images) -> Tuple[jax.Array, jax.Array]:
+  """``(hidden [L+1, B, N+1, D], rows [L, B, H, N])`` of :func:`run_layers`."""
+  out = run_layers(cfg, params, images)
+  return out.hidden, out.rows

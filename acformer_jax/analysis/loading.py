@@ -4,9 +4,10 @@ Accepted layouts:
   * a params directory (``model_config.json`` + Orbax ``params/``, see
     ``acformer_jax.params_store``): only the ``vision`` subtree is restored (partial
     restore), so a 7B checkpoint does not need the LLM in memory;
-  * a transformers CLIP directory (``config.json`` of a ``CLIPVisionModel`` or ``CLIPModel``
-    + safetensors / ``.bin``) or ``LlavaForConditionalGeneration`` directory, converted on
-    the fly by ``acformer_jax.conversion``.
+  * a transformers vision-tower directory of any registered tower (``CLIPVisionModel``,
+    ``SiglipVisionModel``, ``Dinov2Model``..., by ``config.json`` ``model_type``) or a
+    ``LlavaForConditionalGeneration`` directory, converted on the fly by
+    ``acformer_jax.conversion``.
 """
 from __future__ import annotations
 
@@ -19,20 +20,20 @@ import jax.numpy as jnp
 
 from acformer_jax import config as config_lib
 from acformer_jax import params_store
-from acformer_jax.models.vit import VisionTransformer
+from acformer_jax.models import towers
 
 
 @dataclasses.dataclass
 class VisionCheckpoint:
   config: config_lib.VisionConfig
   params: Any
-  kind: str                       # "mllm" | "hf_clip" | "hf_llava"
+  kind: str                       # "mllm" | "hf_llava" | "hf_<tower>" (hf_clip, hf_dinov2...)
   connector: Optional[config_lib.ConnectorConfig] = None
 
 
 def _restore_vision(directory: pathlib.Path, cfg: config_lib.VisionConfig, param_dtype: str):
   s = cfg.image_size
-  boxed = params_store.abstract_params(VisionTransformer(cfg, param_dtype=param_dtype),
+  boxed = params_store.abstract_params(towers.build(cfg, param_dtype=param_dtype),
                                        jnp.zeros((1, s, s, cfg.num_channels)))
   try:
     return params_store.restore(directory, params_store.sharded_abstract(boxed), ("vision",))
@@ -62,7 +63,7 @@ def load_vision(directory, *, select_layer: Optional[int] = None) -> VisionCheck
     params = _restore_vision(d, cfg, mc.param_dtype)
     out = VisionCheckpoint(cfg, params, "mllm", mc.connector)
   elif (d / "config.json").is_file():
-    from acformer_jax.conversion import towers  # pylint: disable=import-outside-toplevel
+    from acformer_jax.conversion.towers import load_hf_vision  # pylint: disable=import-outside-toplevel
     raw = json.loads((d / "config.json").read_text())
     kind = raw.get("model_type")
     if kind == "llava":
@@ -70,17 +71,19 @@ def load_vision(directory, *, select_layer: Optional[int] = None) -> VisionCheck
       model, params = load_pretrained(d)
       out = VisionCheckpoint(model.config.vision, params["vision"], "hf_llava",
                              model.config.connector)
-    elif kind in ("clip", "clip_vision_model"):
-      cfg, params = towers.load_hf_clip_vision(d, select_layer=-2 if select_layer is None
-                                               else select_layer)
-      out = VisionCheckpoint(cfg, params, "hf_clip")
     else:
-      raise ValueError(f"{d / 'config.json'}: model_type={kind!r}; the analysis reads CLIP "
-                       "('clip' / 'clip_vision_model') or 'llava' transformers directories or "
-                       f"acformer_jax checkpoints ({params_store.CONFIG_FILE} + {params_store.PARAMS_DIR}/)")
+      try:
+        entry = towers.tower_for_hf(raw)
+      except ValueError as e:
+        raise ValueError(f"{d / 'config.json'}: model_type={kind!r}; the analysis reads "
+                         "transformers vision-tower directories of a registered tower, 'llava' "
+                         f"directories or acformer_jax checkpoints ({params_store.CONFIG_FILE} + "
+                         f"{params_store.PARAMS_DIR}/) ({e})") from None
+      cfg, params = load_hf_vision(d, select_layer=-2 if select_layer is None else select_layer)
+      out = VisionCheckpoint(cfg, params, f"hf_{entry.name}")
   else:
-    raise FileNotFoundError(f"{d} holds neither {params_store.CONFIG_FILE} (acformer_jax checkpoint) nor "
-                            "config.json (transformers CLIP directory)")
+    raise FileNotFoundError(f"{d} holds neither {params_store.CONFIG_FILE} (acformer_jax checkpoint) "
+                            "nor config.json (transformers directory)")
   if select_layer is not None:
     out.config = dataclasses.replace(out.config, select_layer=select_layer)
     _ = out.config.num_computed_layers  # validates

@@ -17,7 +17,8 @@ from __future__ import annotations
 import pathlib
 
 from acformer_jax import config as config_lib
-from acformer_jax.data import preprocess, templates
+from acformer_jax.data import templates
+from acformer_jax.models import towers
 
 IMAGE_TOKEN = templates.IMAGE_TOKEN
 
@@ -75,10 +76,11 @@ def write_processor(out: pathlib.Path, mc: config_lib.ModelConfig, tokenizer_dir
     raise ValueError(f"hf-llava export: no chat template for {template!r}; expected one of "
                      f"{sorted(CHAT_TEMPLATES)}")
   s = mc.vision.image_size
+  tower = towers.tower(mc.vision.tower)  # its own normalisation
   images = LlavaImageProcessorPil(
       do_resize=True, size={"shortest_edge": s}, resample=3, do_center_crop=True,
       crop_size={"height": s, "width": s}, do_rescale=True, rescale_factor=1 / 255,
-      do_normalize=True, image_mean=list(preprocess.CLIP_MEAN), image_std=list(preprocess.CLIP_STD),
+      do_normalize=True, image_mean=list(tower.image_mean), image_std=list(tower.image_std),
       do_convert_rgb=True, do_pad=bool(pad_to_square))
   proc = LlavaProcessor(image_processor=images,
                         tokenizer=load_with_image_token(tokenizer_dir, mc.image_token_id),

@@ -17,6 +17,8 @@ import json
 import pathlib
 from typing import Any, Mapping, Optional
 
+from acformer_jax.data.preprocess import CLIP_MEAN, CLIP_STD
+
 VERSION = 1  # bump when the build's skip rules change (old caches then count as stale)
 _TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
                     "special_tokens_map.json", "added_tokens.json")
@@ -85,8 +87,12 @@ def tokenizer_digest(tokenizer_path) -> str:
 
 
 def data_fingerprint(source: str, *, tokenizer: str, template: str, max_length: int,
-                     image_size: int, pad_to_square: bool, overlong: str) -> str:
-  """Source fingerprint + everything applied on the fly when records become rows."""
+                     image_size: int, pad_to_square: bool, overlong: str,
+                     image_mean=CLIP_MEAN, image_std=CLIP_STD) -> str:
+  """Source fingerprint + everything applied on the fly when records become rows (the
+  normalisation counts only when it is not CLIP's, so CLIP fingerprints stay as they were)."""
   parts = dict(source=source, tokenizer=tokenizer, template=template, max_length=int(max_length),
                image_size=int(image_size), pad_to_square=bool(pad_to_square), overlong=overlong)
+  if tuple(image_mean) != tuple(CLIP_MEAN) or tuple(image_std) != tuple(CLIP_STD):
+    parts.update(image_mean=[float(m) for m in image_mean], image_std=[float(x) for x in image_std])
   return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

@@ -28,7 +28,7 @@ import dataclasses
 import json
 import queue
 import threading
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -36,7 +36,7 @@ from acformer_jax import batch as batch_lib
 from acformer_jax.data import packing as packing_lib
 from acformer_jax.data import sampler
 from acformer_jax.data.packing import PackSpec, collate  # noqa: F401  (collate: the batch builder)
-from acformer_jax.data.preprocess import preprocess_image
+from acformer_jax.data.preprocess import CLIP_MEAN, CLIP_STD, preprocess_image
 from acformer_jax.data.templates import IGNORE_INDEX, SampleError, tokenize_conversation
 
 STATE_VERSION = 3
@@ -53,6 +53,8 @@ class SampleSpec:
   num_visual_tokens: int
   image_token_id: int
   overlong: str = "truncate"
+  image_mean: Tuple[float, float, float] = CLIP_MEAN  # the tower's (models/towers.py)
+  image_std: Tuple[float, float, float] = CLIP_STD
 
 
 def _text(x) -> str:
@@ -86,7 +88,8 @@ def process_record(record: Mapping[str, Any], spec: SampleSpec, encoder) -> Dict
     if not data:
       raise SampleError("missing_image", f"image file {_text(record.get('image_path', b''))!r} was not found")
     try:
-      image = preprocess_image(bytes(data), spec.image_size, pad_to_square=spec.pad_to_square)
+      image = preprocess_image(bytes(data), spec.image_size, pad_to_square=spec.pad_to_square,
+                               mean=spec.image_mean, std=spec.image_std)
     except Exception as e:  # PIL raises many types on bad data  # pylint: disable=broad-except
       raise SampleError("corrupt_image",
                         f"image {_text(record.get('image_path', b''))!r} cannot be decoded: {e}") from None

@@ -174,6 +174,8 @@ def make_train_iterator(data_config, tokenizer, model_config, process_index: int
   if not isinstance(model_config, model_config_lib.ModelConfig):
     model_config = model_config_lib.model_config_from_dict(model_config)
   template = canonical_template(cfg["template"])
+  from acformer_jax.models import towers  # pylint: disable=import-outside-toplevel
+  tower = towers.tower(model_config.vision.tower)  # the tower's own normalisation
   nv = model_config_lib.num_visual_tokens(model_config)
   if cfg["max_length"] <= nv:
     raise ValueError(f"data.max_length={cfg['max_length']} leaves no room for text after {nv} visual tokens")
@@ -182,7 +184,8 @@ def make_train_iterator(data_config, tokenizer, model_config, process_index: int
   spec = SampleSpec(template=template, max_length=int(cfg["max_length"]),
                     image_size=int(cfg["image_size"] or model_config.vision.image_size),
                     pad_to_square=bool(cfg["pad_to_square"]), num_visual_tokens=nv,
-                    image_token_id=model_config.image_token_id, overlong=cfg["overlong"])
+                    image_token_id=model_config.image_token_id, overlong=cfg["overlong"],
+                    image_mean=tuple(tower.image_mean), image_std=tuple(tower.image_std))
   if cfg["packing"]:
     pack = PackSpec(spec.max_length, int(cfg["max_images_per_row"]), int(cfg["packing_lookahead"]))
   else:
@@ -194,7 +197,8 @@ def make_train_iterator(data_config, tokenizer, model_config, process_index: int
       source_fp, tokenizer=fingerprint.tokenizer_digest(cfg["tokenizer_path"]) if tokenizer is None
       else type(tokenizer).__name__ + str(getattr(tokenizer, "vocab_size", "")),
       template=template, max_length=spec.max_length, image_size=spec.image_size,
-      pad_to_square=spec.pad_to_square, overlong=spec.overlong)
+      pad_to_square=spec.pad_to_square, overlong=spec.overlong, image_mean=spec.image_mean,
+      image_std=spec.image_std)
   logger.info("data %s from %s (%d records; build skipped %s; data fingerprint %s)", cfg["builder"],
               builder.data_dir, len(source), build_skipped or "none", data_fp[:16])
   it = DataIterator(

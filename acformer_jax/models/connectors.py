@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -51,6 +51,7 @@ from acformer_jax import config as config_lib
 from acformer_jax.models.abstractor import CAbstractor, pool_patches
 from acformer_jax.models.anchors import gather_tokens, num_anchor_tokens, select_anchors
 from acformer_jax.models.layers import DType, dense
+from acformer_jax.models.registry import Registry
 from acformer_jax.models.resampler import TORCH_KERNEL_INIT, Resampler
 
 ACT_AXES = ("activation_batch", "activation_length", "activation_embed")
@@ -161,6 +162,8 @@ class ConnectorSpec:
       input gradient).
     linear_projector: a single Linear instead of the two-layer MLP.
     uses_anchor_attn: reads the tower's anchor source.
+    anchor_budget: ``ModelConfig -> int``, the budget K it hands ``select_anchors``
+      (docs/method.md 1.3; 0 when it selects no anchors). ``analyze`` draws that budget.
   """
   name: str
   build: Callable[[BuildContext], jax.Array]
@@ -171,6 +174,7 @@ class ConnectorSpec:
   reads_frozen: bool = True
   linear_projector: bool = False
   uses_anchor_attn: bool = False
+  anchor_budget: Callable[[config_lib.ModelConfig], int] = lambda mc: 0
 
   def train_flops(self, mc: config_lib.ModelConfig) -> float:
     """Forward + backward FLOPs of the (trained) connector for one image (trainer/flops.py
@@ -194,29 +198,27 @@ class ConnectorSpec:
     return -(-(self.tokens(mc) + 1 + text_tokens) // 128) * 128
 
 
-_CONNECTORS: Dict[str, ConnectorSpec] = {}
+CONNECTORS: Registry[ConnectorSpec] = Registry(
+    "connector.type", same=lambda old, new: old.build is new.build, sort=False,
+    missing=lambda name, names: f"connector.type={name!r} is not one of {names}")
 
 
-def register_connector(spec: ConnectorSpec) -> ConnectorSpec:
-  old = _CONNECTORS.get(spec.name)
-  if old is not None and old.build is not spec.build:
-    raise ValueError(f"connector {spec.name!r} is already registered")
-  _CONNECTORS[spec.name] = spec
-  return spec
+def register_connector(spec: ConnectorSpec, *, replace: bool = False) -> ConnectorSpec:
+  """Adds ``spec`` (a new name, or the same spec again on re-import)."""
+  return CONNECTORS.register(spec.name, spec, replace=replace)
 
 
 def connector_names() -> Tuple[str, ...]:
-  return tuple(_CONNECTORS)
+  """The registered ``connector.type`` names, in registration order."""
+  return CONNECTORS.names()
 
 
 def connector(name: str) -> ConnectorSpec:
-  if name not in _CONNECTORS:
-    raise ValueError(f"connector.type={name!r} is not one of {connector_names()}")
-  return _CONNECTORS[name]
+  return CONNECTORS.get(name)
 
 
 def validate(mc: config_lib.ModelConfig) -> List[str]:
-  if mc.connector.type not in _CONNECTORS:
+  if mc.connector.type not in CONNECTORS:
     return [f"model.connector.type={mc.connector.type!r} is not one of {connector_names()}"]
   return list(connector(mc.connector.type).validate(mc))
 
@@ -283,6 +285,7 @@ def _evit(ctx: BuildContext) -> jax.Array:
 _ALL_PATCHES = lambda mc: mc.vision.num_patches  # pylint: disable=unnecessary-lambda-assignment
 _K_PLUS_1 = lambda mc: mc.connector.num_queries + 1  # pylint: disable=unnecessary-lambda-assignment
 _ANCHORS = lambda mc: num_anchor_tokens(mc.vision.num_heads, mc.connector.num_queries)  # pylint: disable=unnecessary-lambda-assignment
+_K = lambda mc: mc.connector.num_queries  # pylint: disable=unnecessary-lambda-assignment
 
 for _spec in (
     ConnectorSpec("linear", lambda ctx: ctx.features[:, 1:], _ALL_PATCHES, linear_projector=True),
@@ -296,12 +299,13 @@ for _spec in (
                   _K_PLUS_1, resampler_queries=_K_PLUS_1, reads_frozen=False),
     ConnectorSpec("c_abstractor", _c_abstractor, lambda mc: mc.connector.num_queries,
                   validate=_square_problems, extra_flops=_c_abstractor_flops, reads_frozen=False),
-    ConnectorSpec("top_p", _anchors, _ANCHORS, validate=_anchor_problems, uses_anchor_attn=True),
+    ConnectorSpec("top_p", _anchors, _ANCHORS, validate=_anchor_problems, uses_anchor_attn=True,
+                  anchor_budget=_K),
     ConnectorSpec("evit", _evit, lambda mc: mc.connector.num_queries + 2,
                   validate=_range_problems(lambda n: (1, n - 1)), uses_anchor_attn=True),
     ConnectorSpec("acformer", lambda ctx: ctx.resampler(_anchors(ctx)), _ANCHORS,
                   validate=_anchor_problems, resampler_queries=_ANCHORS, reads_frozen=False,
-                  uses_anchor_attn=True),
+                  uses_anchor_attn=True, anchor_budget=_K),
 ):
   register_connector(_spec)
 

@@ -28,7 +28,8 @@ from acformer_jax.keymap import CONV2D, KeyMap, LINEAR, LayerStack, Rule
 from acformer_jax.models import towers
 from acformer_jax.models.layers import (DEFAULT_KERNEL_INIT, DType, constrain, layer_norm,
                                         partitioned, stacked, to_dtype)
-from acformer_jax.models.vit import VisionBlock, vit_flops
+from acformer_jax.models.vit import (TowerModule, VisionBlock, check_pixels, patch_embedding,
+                                     scan_blocks, vit_flops)
 
 
 def _cubic(x: np.ndarray, a: float) -> np.ndarray:
@@ -89,14 +90,9 @@ class Dinov2Embeddings(nn.Module):
   @nn.compact
   def __call__(self, pixel_values: jax.Array) -> jax.Array:
     cfg, dt, pdt = self.config, to_dtype(self.dtype), to_dtype(self.param_dtype)
-    p, d, r = cfg.patch_size, cfg.hidden_size, cfg.num_register_tokens
-    x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", use_bias=True, dtype=dt,
-                param_dtype=pdt,
-                kernel_init=partitioned(DEFAULT_KERNEL_INIT, ("vit_patch", None, None, "vit_embed")),
-                bias_init=partitioned(nn.initializers.zeros_init(), ("vit_embed",)),
-                name="patch_embedding")(pixel_values.astype(dt))
+    d, r = cfg.hidden_size, cfg.num_register_tokens
+    x = patch_embedding(cfg, pixel_values, use_bias=True, dtype=dt, param_dtype=pdt)
     b = x.shape[0]
-    x = x.reshape(b, -1, d)
     emb = lambda name, shape, axes: self.param(  # pylint: disable=g-long-lambda
         name, partitioned(DEFAULT_KERNEL_INIT, axes), shape, pdt)
     cls = emb("cls_token", (1, 1, d), (None, None, "vit_embed"))
@@ -112,22 +108,13 @@ class Dinov2Embeddings(nn.Module):
     return jnp.concatenate(parts + [x], axis=1)
 
 
-class Dinov2Tower(nn.Module):
+class Dinov2Tower(TowerModule):
   """DINOv2 truncated at ``config.select_layer`` (see the module docstring)."""
-  config: VisionConfig
-  dtype: DType = "float32"
-  param_dtype: DType = "float32"
-  scan_layers: bool = True
-  remat_policy: str = "none"
-  attention: str = "xla"
 
   @nn.compact
   def __call__(self, pixel_values: jax.Array) -> Tuple[jax.Array, jax.Array]:
     cfg = dataclasses.replace(self.config, hidden_act=self.config.hidden_act or "gelu")
-    s, c = cfg.image_size, cfg.num_channels
-    if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (s, s, c):
-      raise ValueError(f"Dinov2Tower expects pixel_values [B,{s},{s},{c}] (NHWC), "
-                       f"got shape {tuple(pixel_values.shape)}")
+    check_pixels(cfg, pixel_values, "Dinov2Tower")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     r = cfg.num_register_tokens
     blk = dict(layerscale=True, anchor_row="cls", num_prefix=1 + r, attention=self.attention)
@@ -146,6 +133,18 @@ class Dinov2Tower(nn.Module):
     if r:
       features = jnp.concatenate([features[:, :1], features[:, 1 + r:]], axis=1)
     return features, cls_attn[-1]
+
+
+def dinov2_all_layers(cfg: VisionConfig, params, blocks, images):
+  """``Tower.all_layers``: every block's CLS attention over the patches; hidden states
+  without the register tokens (as ``features``)."""
+  cfg = dataclasses.replace(cfg, hidden_act=cfg.hidden_act or "gelu")
+  r = cfg.num_register_tokens
+  x = Dinov2Embeddings(cfg).apply({"params": params["embeddings"]}, images)
+  hidden, rows = scan_blocks(cfg, blocks, x, layerscale=True, num_prefix=1 + r)
+  if r:
+    hidden = jnp.concatenate([hidden[:, :, :1], hidden[:, :, 1 + r:]], axis=2)
+  return hidden, rows, {}
 
 
 # --- the "dinov2" tower entry -----------------------------------------------------------
@@ -250,5 +249,5 @@ DINOV2 = towers.register_tower(towers.Tower(
                                vc.num_computed_layers),
     image_mean=towers.IMAGENET_MEAN, image_std=towers.IMAGENET_STD,
     anchor_source="the CLS query's attention over the patches (registers excluded), per head",
-    validate=_validate, hf_architecture="Dinov2Model",
+    validate=_validate, hf_architecture="Dinov2Model", all_layers=dinov2_all_layers,
     hf_features=lambda vc, h: h[:, [0] + list(range(1 + vc.num_register_tokens, h.shape[1]))]))

@@ -23,25 +23,40 @@ E = TypeVar("E")
 
 
 class Registry(Generic[E]):
-  """Name -> entry. ``kind`` names the config field in error messages."""
+  """Name -> entry. ``kind`` names the config field in error messages.
 
-  def __init__(self, kind: str):
+  Args:
+    kind: the config field (``llm.family``), used in the default error texts.
+    same: ``(old, new) -> bool``; registering a name again with an entry this calls the
+      same (a module imported twice) is a no-op instead of an error.
+    missing: ``(name, names) -> str``, the text of the unknown-name error.
+    sort: ``names()`` sorted (else in registration order).
+  """
+
+  def __init__(self, kind: str, *, same: Optional[Callable[[E, E], bool]] = None,
+               missing: Optional[Callable[[str, Tuple[str, ...]], str]] = None,
+               sort: bool = True):
     self.kind = kind
+    self._same = same or (lambda old, new: old is new)
+    self._missing = missing or (lambda name, names: f"{kind}={name!r} is not registered; "
+                                f"known: {names}")
+    self._sort = sort
     self._entries: Dict[str, E] = {}
 
   def register(self, name: str, entry: E, *, replace: bool = False) -> E:
-    if name in self._entries and not replace:
+    old = self._entries.get(name)
+    if old is not None and not replace and not self._same(old, entry):
       raise ValueError(f"{self.kind}={name!r} is already registered")
     self._entries[name] = entry
     return entry
 
   def get(self, name: str) -> E:
     if name not in self._entries:
-      raise ValueError(f"{self.kind}={name!r} is not registered; known: {self.names()}")
+      raise ValueError(self._missing(name, self.names()))
     return self._entries[name]
 
   def names(self) -> Tuple[str, ...]:
-    return tuple(sorted(self._entries))
+    return tuple(sorted(self._entries) if self._sort else self._entries)
 
   def entries(self) -> Tuple[E, ...]:
     return tuple(self._entries[n] for n in self.names())

@@ -31,7 +31,9 @@ from acformer_jax.keymap import CONV2D, IDENTITY, KeyMap, LINEAR, LayerStack, Ru
 from acformer_jax.models import towers
 from acformer_jax.models.layers import (DEFAULT_KERNEL_INIT, DType, constrain, dense, layer_norm,
                                         partitioned, stacked, to_dtype)
-from acformer_jax.models.vit import CLIP_VISION_LAYER_RULES, VisionBlock, VisionMLP, vit_flops
+from acformer_jax.models.vit import (CLIP_VISION_LAYER_RULES, TowerModule, VisionBlock,
+                                     VisionMLP, check_pixels, patch_embedding, scan_blocks,
+                                     vit_flops)
 
 ACT = "gelu_pytorch_tanh"
 ANCHOR_SOURCES = ("auto", "probe", "received")
@@ -55,13 +57,8 @@ class SiglipEmbeddings(nn.Module):
   @nn.compact
   def __call__(self, pixel_values: jax.Array) -> jax.Array:
     cfg, dt, pdt = self.config, to_dtype(self.dtype), to_dtype(self.param_dtype)
-    p, d = cfg.patch_size, cfg.hidden_size
-    x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", use_bias=True, dtype=dt,
-                param_dtype=pdt,
-                kernel_init=partitioned(DEFAULT_KERNEL_INIT, ("vit_patch", None, None, "vit_embed")),
-                bias_init=partitioned(nn.initializers.zeros_init(), ("vit_embed",)),
-                name="patch_embedding")(pixel_values.astype(dt))
-    x = x.reshape(x.shape[0], -1, d)
+    d = cfg.hidden_size
+    x = patch_embedding(cfg, pixel_values, use_bias=True, dtype=dt, param_dtype=pdt)
     pos = self.param("position_embedding", partitioned(DEFAULT_KERNEL_INIT, ("vit_pos", "vit_embed")),
                      (cfg.num_patches, d), pdt)
     return x + pos.astype(dt)[None]
@@ -103,22 +100,13 @@ class AttentionPoolHead(nn.Module):
     return out[:, 0], probs[:, :, 0]
 
 
-class SiglipVisionTower(nn.Module):
+class SiglipVisionTower(TowerModule):
   """SigLIP vision tower truncated at ``config.select_layer`` (see the module docstring)."""
-  config: VisionConfig
-  dtype: DType = "float32"
-  param_dtype: DType = "float32"
-  scan_layers: bool = True
-  remat_policy: str = "none"
-  attention: str = "xla"
 
   @nn.compact
   def __call__(self, pixel_values: jax.Array) -> Tuple[jax.Array, jax.Array]:
     cfg = resolved(self.config)
-    s, c = cfg.image_size, cfg.num_channels
-    if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (s, s, c):
-      raise ValueError(f"SiglipVisionTower expects pixel_values [B,{s},{s},{c}] (NHWC), "
-                       f"got shape {tuple(pixel_values.shape)}")
+    check_pixels(cfg, pixel_values, "SiglipVisionTower")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     blk = dict(anchor_row="received", num_prefix=0, attention=self.attention)
     act = ("activation_batch", "activation_length", "activation_embed")
@@ -142,6 +130,21 @@ class SiglipVisionTower(nn.Module):
           anchor = probe_attn
     summary = jnp.mean(features, axis=1, keepdims=True)
     return jnp.concatenate([summary, features], axis=1), anchor
+
+
+def siglip_all_layers(cfg: VisionConfig, params, blocks, images):
+  """``Tower.all_layers``: every block's received attention, and (with the head) the probe
+  attention after the last block and ``post_layernorm``; hidden states with their mean
+  prepended (as ``features``)."""
+  cfg = resolved(cfg)
+  x = SiglipEmbeddings(cfg).apply({"params": params["embeddings"]}, images)
+  hidden, rows = scan_blocks(cfg, blocks, x, anchor_row="received", num_prefix=0)
+  extras = {}
+  if cfg.use_head:
+    norm = layer_norm(cfg.layer_norm_eps, dtype="float32", param_dtype="float32")
+    last = norm.apply({"params": params["post_layernorm"]}, hidden[-1])
+    _, extras["probe"] = AttentionPoolHead(cfg).apply({"params": params["head"]}, last)
+  return jnp.concatenate([jnp.mean(hidden, axis=2, keepdims=True), hidden], axis=2), rows, extras
 
 
 # --- the "siglip" / "siglip2" tower entries ---------------------------------------------
@@ -240,6 +243,8 @@ _ENTRY = dict(
     anchor_source=("the pooling head's probe attention per head (use_head), else the mean "
                    "attention each patch receives in the selected layer"),
     has_cls=False, validate=_validate, hf_architecture="SiglipVisionModel",
+    all_layers=siglip_all_layers, layer_rows="received",
+    anchor_used=lambda vc: "probe" if uses_probe(vc) else "received",
     hf_features=lambda vc, h: _concat_mean(h),
     hf_extras=(r"text_model\..*", r"logit_scale", r"logit_bias"))
 SIGLIP = towers.register_tower(towers.Tower(

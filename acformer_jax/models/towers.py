@@ -13,9 +13,10 @@ place) and ``anchor_attn`` is the per-head score that anchor selection ranks.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 from acformer_jax.config import VisionConfig
+from acformer_jax.models.registry import Registry
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -45,6 +46,15 @@ class Tower:
     hf_architecture: the transformers class name written into exported configs.
     hf_features: ``(VisionConfig, hidden [B,T,D]) -> [B,N+1,D]``: our ``features`` from
       the HF model's ``hidden_states[select_layer]`` (for references and checks).
+    all_layers: ``(VisionConfig, params, blocks, images) -> (hidden [L+1,B,N+1,D],
+      rows [L,B,H,N], extras {name: [B,H,N]})`` in float32, every block of the checkpoint
+      (``blocks``: ``layers`` + ``unused_layers`` stacked): hidden states laid out as
+      ``features`` (index 0: after the embeddings), each block's ``layer_rows`` attention and
+      anchor sources that are not per block (SigLIP's ``probe``). Used by ``analyze``.
+    layer_rows: what ``all_layers``' rows are: ``"cls"`` (the CLS query's attention) or
+      ``"received"`` (mean attention each patch receives).
+    anchor_used: ``VisionConfig -> str``, the source the connector ranks: ``layer_rows``
+      (at the selected block) or a key of the extras.
   """
   name: str
   module: Callable[..., Any]
@@ -62,50 +72,49 @@ class Tower:
   hf_extras: Tuple[str, ...] = ()
   hf_architecture: str = ""
   hf_features: Callable[[VisionConfig, Any], Any] = lambda vc, hidden: hidden
+  all_layers: Optional[Callable[..., Any]] = None
+  layer_rows: str = "cls"
+  anchor_used: Callable[[VisionConfig], str] = lambda vc: "cls"
 
 
-_TOWERS: Dict[str, Tower] = {}
+TOWERS: Registry[Tower] = Registry(
+    "vision.tower", same=lambda old, new: old.module is new.module,
+    missing=lambda name, names: f"vision.tower={name!r} is not a registered tower; "
+    f"known: {names}")
 
 
-def register_tower(entry: Tower) -> Tower:
+def register_tower(entry: Tower, *, replace: bool = False) -> Tower:
   """Adds ``entry`` (a new name, or the same entry again on re-import)."""
-  old = _TOWERS.get(entry.name)
-  if old is not None and old.module is not entry.module:
-    raise ValueError(f"vision tower {entry.name!r} is already registered")
-  _TOWERS[entry.name] = entry
-  return entry
+  return TOWERS.register(entry.name, entry, replace=replace)
 
 
 def tower(name: str) -> Tower:
   """The registered tower ``name``; a clear error with the known names otherwise."""
   import acformer_jax.models  # pylint: disable=import-outside-toplevel,unused-import  # registers all
-  if name not in _TOWERS:
-    raise ValueError(f"vision.tower={name!r} is not a registered tower; known: {tower_names()}")
-  return _TOWERS[name]
+  return TOWERS.get(name)
 
 
 def tower_names() -> Tuple[str, ...]:
-  return tuple(sorted(_TOWERS))
+  return TOWERS.names()
 
 
 def tower_for_hf(config: Mapping[str, Any]) -> Tower:
   """The tower reading an HF vision ``config.json`` dict (by ``model_type``)."""
   import acformer_jax.models  # pylint: disable=import-outside-toplevel,unused-import
   mt = config.get("model_type", "clip_vision_model")
-  for t in _TOWERS.values():
+  for t in TOWERS.entries():
     if mt in t.hf_model_types:
       return t
-  known = sorted(m for t in _TOWERS.values() for m in t.hf_model_types)
+  known = sorted(m for t in TOWERS.entries() for m in t.hf_model_types)
   raise ValueError(f"vision config model_type={mt!r} has no tower; known: {known}")
 
 
 def validate(vc: VisionConfig) -> List[str]:
   """Problems with ``vc`` (unknown tower, the tower's own checks)."""
-  if vc.tower not in _TOWERS:
-    tower("clip")  # imports the entries
-  if vc.tower not in _TOWERS:
+  import acformer_jax.models  # pylint: disable=import-outside-toplevel,unused-import  # registers all
+  if vc.tower not in TOWERS:
     return [f"model.vision.tower={vc.tower!r} is not one of {tower_names()}"]
-  return list(_TOWERS[vc.tower].validate(vc))
+  return list(TOWERS.get(vc.tower).validate(vc))
 
 
 def build(vc: VisionConfig, **options):

@@ -101,6 +101,28 @@ def anchor_rows(q: jax.Array, k: jax.Array, anchor_row: str, num_prefix: int) ->
   raise ValueError(f"anchor_row={anchor_row!r}; expected 'cls' or 'received'")
 
 
+def patch_embedding(cfg: VisionConfig, pixel_values: jax.Array, *, use_bias: bool, dtype,
+                    param_dtype) -> jax.Array:
+  """The towers' patch conv (kernel = stride = patch, submodule ``patch_embedding``) on
+  ``[B,S,S,C]``, flattened row-major over the grid like HF's ``flatten(2)``: ``[B,N,D]``.
+  Call from inside a compact method (the conv becomes the caller's submodule)."""
+  p, d = cfg.patch_size, cfg.hidden_size
+  x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", use_bias=use_bias, dtype=dtype,
+              param_dtype=param_dtype,
+              kernel_init=partitioned(DEFAULT_KERNEL_INIT, ("vit_patch", None, None, "vit_embed")),
+              bias_init=partitioned(nn.initializers.zeros_init(), ("vit_embed",)),
+              name="patch_embedding")(pixel_values.astype(dtype))
+  return x.reshape(x.shape[0], -1, d)
+
+
+def check_pixels(cfg: VisionConfig, pixel_values: jax.Array, who: str) -> None:
+  """Raises unless ``pixel_values`` is ``[B, S, S, C]`` for ``cfg``."""
+  s, c = cfg.image_size, cfg.num_channels
+  if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (s, s, c):
+    raise ValueError(f"{who} expects pixel_values [B,{s},{s},{c}] (NHWC), "
+                     f"got shape {tuple(pixel_values.shape)}")
+
+
 class VisionEmbeddings(nn.Module):
   """Patch conv (no bias) + class embedding + learned absolute positions."""
   config: VisionConfig
@@ -110,13 +132,9 @@ class VisionEmbeddings(nn.Module):
   @nn.compact
   def __call__(self, pixel_values: jax.Array) -> jax.Array:
     cfg, dt, pdt = self.config, to_dtype(self.dtype), to_dtype(self.param_dtype)
-    p, d = cfg.patch_size, cfg.hidden_size
-    patches = nn.Conv(
-        d, (p, p), strides=(p, p), padding="VALID", use_bias=False, dtype=dt, param_dtype=pdt,
-        kernel_init=partitioned(DEFAULT_KERNEL_INIT, ("vit_patch", None, None, "vit_embed")),
-        name="patch_embedding")(pixel_values.astype(dt))
+    d = cfg.hidden_size
+    patches = patch_embedding(cfg, pixel_values, use_bias=False, dtype=dt, param_dtype=pdt)
     b = patches.shape[0]
-    patches = patches.reshape(b, -1, d)  # row-major over the grid, like HF's flatten(2)
     cls = self.param("class_embedding", partitioned(DEFAULT_KERNEL_INIT, ("vit_embed",)), (d,), pdt)
     pos = self.param("position_embedding", partitioned(DEFAULT_KERNEL_INIT, ("vit_pos", "vit_embed")),
                      (cfg.num_patches + 1, d), pdt)
@@ -203,8 +221,8 @@ class VisionBlock(nn.Module):
     return constrain(x, _ACT), cls_attn
 
 
-class VisionTransformer(nn.Module):
-  """CLIP vision tower truncated at ``config.select_layer`` (docs/method.md 2.8).
+class TowerModule(nn.Module):
+  """The fields every tower module takes (``towers.build``: ``layers.tower_options``).
 
   Attributes:
     config: the ``VisionConfig``.
@@ -221,13 +239,14 @@ class VisionTransformer(nn.Module):
   remat_policy: str = "none"
   attention: str = "xla"
 
+
+class VisionTransformer(TowerModule):
+  """CLIP vision tower truncated at ``config.select_layer`` (docs/method.md 2.8)."""
+
   @nn.compact
   def __call__(self, pixel_values: jax.Array) -> Tuple[jax.Array, jax.Array]:
     cfg = self.config
-    s, c = cfg.image_size, cfg.num_channels
-    if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (s, s, c):
-      raise ValueError(f"VisionTransformer expects pixel_values [B,{s},{s},{c}] (NHWC), "
-                       f"got shape {tuple(pixel_values.shape)}")
+    check_pixels(cfg, pixel_values, "VisionTransformer")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = VisionEmbeddings(cfg, name="embeddings", **kw)(pixel_values)
     x = layer_norm(cfg.layer_norm_eps, name="pre_layrnorm", **kw)(x)
@@ -243,6 +262,27 @@ class VisionTransformer(nn.Module):
         rest(cfg, name="unused_layers", **kw)(features)
       layer_norm(cfg.layer_norm_eps, name="post_layernorm", **kw)(features[:, 0])
     return features, cls_attn[-1]
+
+
+def scan_blocks(cfg: VisionConfig, blocks, x: jax.Array, **block_kw):
+  """Every block of the stacked per-block params ``blocks`` (leading axis: block) on ``x``,
+  float32, for the analysis: ``(hidden [L+1,B,T,D]`` (index 0 = ``x``), ``rows [L,B,H,N])``.
+  ``block_kw``: :class:`VisionBlock` options (``layerscale``, ``anchor_row``, ...)."""
+  def body(h, p):
+    h, rows = VisionBlock(cfg, **block_kw).apply({"params": p}, h)
+    return h, (h, rows)
+
+  _, (hidden, rows) = jax.lax.scan(body, x, blocks)
+  return jnp.concatenate([x[None], hidden], axis=0), rows
+
+
+def clip_all_layers(cfg: VisionConfig, params, blocks, images):
+  """The ``Tower.all_layers`` of CLIP: embeddings + ``pre_layrnorm``, then every block."""
+  x = VisionEmbeddings(cfg).apply({"params": params["embeddings"]}, images)
+  x = layer_norm(cfg.layer_norm_eps, dtype="float32", param_dtype="float32").apply(
+      {"params": params["pre_layrnorm"]}, x)
+  hidden, rows = scan_blocks(cfg, blocks, x)
+  return hidden, rows, {}
 
 
 # --- the "clip" tower entry -------------------------------------------------------------
@@ -313,6 +353,6 @@ CLIP = towers.register_tower(towers.Tower(
     flops=lambda vc: vit_flops(vc, vc.num_patches + 1, vc.num_computed_layers),
     image_mean=towers.CLIP_MEAN, image_std=towers.CLIP_STD,
     anchor_source="the CLS query's attention over the patches, per head, in the selected layer",
-    validate=_clip_validate, hf_architecture="CLIPVisionModel",
+    validate=_clip_validate, hf_architecture="CLIPVisionModel", all_layers=clip_all_layers,
     hf_extras=(r"text_model\..*", r"visual_projection\.weight", r"text_projection\.weight",
                r"logit_scale")))

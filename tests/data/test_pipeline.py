@@ -135,3 +135,26 @@ def test_group_by_length_through_the_iterator(llava_instruct_folder, tokenizer_d
   idx = np.concatenate([b["sample_index"][:, 0] for b in it])
   assert sorted(idx[idx >= 0].tolist()) == sorted(
       i for i in range(len(it._source)) if it._source[i]["id"].decode().startswith("good"))  # pylint: disable=protected-access
+
+
+def test_each_tower_gets_its_own_normalisation(demo_data_dir, tokenizer_dir):
+  """Training rows are normalised with the tower's mean/std (models/towers.py), not CLIP's
+  for every tower; the data fingerprint tells the normalisations apart."""
+  from acformer_jax.models import towers
+  tok = load_tokenizer(tokenizer_dir)
+  first, prints = {}, {}
+  for name in ("clip", "dinov2", "siglip"):
+    model = {**MODEL, "vision": {**MODEL["vision"], "tower": name}}
+    it = make_train_iterator(_demo_cfg(demo_data_dir), tok, model, 0, 1, seed=5)
+    t = towers.tower(name)
+    assert (it._spec.image_mean, it._spec.image_std) == (t.image_mean, t.image_std)  # pylint: disable=protected-access
+    first[name], prints[name] = next(it)["images"], it.data_fingerprint
+    it.close()
+  clip = towers.tower("clip")
+  raw = first["clip"] * np.asarray(clip.image_std) + np.asarray(clip.image_mean)  # [0, 1] pixels
+  for name in ("dinov2", "siglip"):
+    t = towers.tower(name)
+    np.testing.assert_allclose(first[name], (raw - np.asarray(t.image_mean)) / np.asarray(t.image_std),
+                               atol=2e-5, rtol=0)
+    assert np.abs(first[name] - first["clip"]).max() > 0.05
+  assert len(set(prints.values())) == 3
