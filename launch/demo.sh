@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The main job, end to end on this machine: set-up, then a small AcFormer on the real, frozen
-# DINOv2-S/14 over the offline demo dataset on 8 simulated CPU devices, with packed rows:
-# stage 1 (connector alignment on captions), stage 2 (visual instruction tuning, initialised
-# from stage 1), then held-out evaluation with jitted generation (inside stage 2 and again
-# from its export with the evaluation CLI), scored per category against the answer prior.
+# The main job, end to end on this machine: set-up, then the tiny AcFormer on the offline
+# demo dataset on 8 simulated CPU devices: stage 1 (connector alignment on captions),
+# stage 2 (visual instruction tuning, initialised from stage 1), then held-out evaluation
+# with jitted generation (inside stage 2 and again from its export with the evaluation CLI),
+# scored against the best answer-prior baseline.
 #   launch/demo.sh [WORKDIR]          (default: runs/demo; re-running resumes)
 # Extra settings via env: DEMO_STAGE1_ARGS / DEMO_STAGE2_ARGS (extra train flags).
 set -euo pipefail
@@ -17,11 +17,11 @@ export JAX_PLATFORMS=cpu
 COMMON=(--local_device_count=8 --config.data.data_dir="$W/tfds")
 
 echo "== stage 1: connector alignment (captions) =="
-$PY -m acformer_jax.train --config configs/demo_stage1.py --workdir "$W/stage1" \
+$PY -m acformer_jax.train --config configs/tiny_acformer_stage1.py --workdir "$W/stage1" \
   "${COMMON[@]}" ${DEMO_STAGE1_ARGS:-}
 
 echo "== stage 2: visual instruction tuning (QA), from stage 1 =="
-$PY -m acformer_jax.train --config configs/demo_stage2.py --workdir "$W/stage2" \
+$PY -m acformer_jax.train --config configs/tiny_acformer_stage2.py --workdir "$W/stage2" \
   "${COMMON[@]}" --config.init.params_from="orbax:$W/stage1" ${DEMO_STAGE2_ARGS:-}
 
 echo "== evaluation of the export on the held-out questions (evaluate run + score) =="
