@@ -7,4 +7,4 @@ bash launch/setup.sh
 export JAX_PLATFORMS=cpu
 # Two workers (pytest-xdist): most tests are compile-bound on one core. PYTEST_WORKERS=0 runs
 # them in this process.
-.venv/bin/python -m pytest -q -p no:cacheprovider -n "${PYTEST_WORKERS:-2}" --dist worksteal "$@" tests
+.venv/bin/python -m pytest -q -p no:cacheprovider -n "${PYTEST_WORKERS:-2}" --dist load "$@" tests

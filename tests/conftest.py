@@ -42,3 +42,17 @@ def demo_data_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp("tfds")
   AcformerDemo(config="qa_tiny", data_dir=str(d)).download_and_prepare()
   return d
+
+
+# The longest tests go first, so that the two pytest-xdist workers (launch/test.sh,
+# ``--dist load``) share them instead of one worker meeting them at the end of the queue.
+_LONG_FIRST = ("test_multiprocess_train.py", "test_every_connector.py", "test_resume.py",
+               "test_multiprocess_convert.py", "test_launch_scripts.py", "test_families.py",
+               "test_layers.py", "test_packed_model.py", "test_generate_cli.py",
+               "test_finetune.py", "test_distributed.py", "test_attention.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  rank = {name: i for i, name in enumerate(_LONG_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
