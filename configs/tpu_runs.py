@@ -28,10 +28,10 @@ CONNECTORS = ("acformer144", "acformer256", "mlp2x_gelu")
 # Adam moments are 12 bytes per parameter, sharded over every chip (FSDP).
 # Tokens per step (docs/aot.md, "Packed recipes"): 7B stage 2 AcFormer-145 32 rows x 2048 =
 # 65,536 token slots (~96% real, ~167 samples, 2.806e15 padded FLOPs); MLP-576 64 x 2048 =
-# 131,072 (~81% real, ~136 samples, 5.490e15). Per-chip memory of the packed recipes was NOT
-# re-measured (the compiles did not finish on the overloaded CPU machine); the padded recipe
-# with 4x (AcFormer) / 2x (MLP) more tokens per chip fit in 72.6 / 68.6 of 95.7 GiB. The 13B
-# recipes moved to 16 chips with packing. Run ``acformer_jax.aot`` before launching.
+# 131,072 (~81% real, ~136 samples, 5.490e15). Per-chip memory of the packed 7B stage-2
+# recipes (docs/aot.md, 2026-12-02): AcFormer-145 4.86 + 22.44 = 27.30 GiB, MLP-576 4.81 +
+# 34.02 = 38.83 GiB of 95.74 (the padded recipe: 72.6 / 68.6 GiB). The 13B recipes moved to 16
+# chips with packing and were not re-compiled. Run ``acformer_jax.aot`` before launching.
 RECIPES = {
     ("7b", 1): dict(topology="v5p-32", mesh=(1, -1, 1), grad_accum=1, remat="minimal"),
     ("7b", 2): dict(topology="v5p-32", mesh=(1, -1, 1), grad_accum=1, remat="minimal"),

@@ -143,7 +143,7 @@ class BuildContext:
     return Resampler(depth=c.depth, heads=c.heads, dim_head=c.dim_head, ff_mult=c.ff_mult,
                      num_latents=num_latents, scan=self.config.scan_layers, dtype=self.dtype,
                      param_dtype=self.param_dtype, attention=self.config.attention,
-                     name="resampler")(self.features, queries)
+                     remat_policy=self.config.remat_policy, name="resampler")(self.features, queries)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -183,6 +183,23 @@ def test_evit_matches_numpy():
                              atol=1e-5, rtol=1e-5)
 
 
+def test_resampler_follows_the_model_remat_policy():
+  """``ModelConfig.remat_policy`` reaches the resampler's layer scan (a trained connector would
+  otherwise keep every layer's activations for the backward): same output and gradients."""
+  base = _config("acformer")
+  params = _params(base, seed=3)
+  feats, attn = _inputs(3)
+  grads, out = _run(base, params, feats, attn)
+  full = dataclasses.replace(base, remat_policy="full")
+  forward = lambda cfg: str(jax.make_jaxpr(  # noqa: E731
+      lambda p: Connector(cfg).apply({"params": p}, feats, attn))(params))
+  assert "remat" in forward(full) and "remat" not in forward(base)  # jax.checkpoint
+  grads_full, out_full = _run(full, params, feats, attn)
+  np.testing.assert_allclose(out_full, out, rtol=1e-6, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               grads_full, grads)
+
+
 @pytest.mark.parametrize("kind", C.connector_types())
 def test_shape_gradient_flow_and_determinism(kind):
   cfg = _config(kind)
