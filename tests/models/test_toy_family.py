@@ -16,9 +16,8 @@ import torch
 import transformers
 
 import tiny_hf
-from acformer_jax import batch as B
 from acformer_jax import config as C
-from acformer_jax import load_pretrained, sharding
+from acformer_jax import load_pretrained
 from acformer_jax.conversion import pipeline
 from acformer_jax.conversion.plan import SPLIT_RE, split_key
 from acformer_jax.inference import engine as E
@@ -27,7 +26,7 @@ from acformer_jax.models import registry
 from acformer_jax.models.families import decoder_hf
 from acformer_jax.models.llama import LlamaModel
 from acformer_jax.models.mllm import MultimodalLM
-from acformer_jax.trainer import experiment, flops, optim, state as S, step as ST
+from acformer_jax.trainer import flops, state as S
 from tests.conversion import tiny_checkpoints as TC
 from tests.trainer import tiny
 
@@ -79,23 +78,9 @@ TOY_MODEL = C.ModelConfig(vision=tiny.VISION, connector=tiny.CONN, image_token_i
 
 def test_trains_with_the_registered_family():
   model = MultimodalLM(TOY_MODEL)
-  trainable = experiment.STAGE2_TRAINABLE
-  tx, schedule = optim.make_optimizer({"lr": 1e-2, "warmup_ratio": 0.0, "weight_decay": 0.0}, 4)
   init = S.init_params_fn(model, TOY_MODEL)
   host = jax.device_get(jax.jit(lambda r: nn.unbox(init(r)))(jax.random.key(0)))
-  mesh = sharding.make_mesh((2, 2, 2))
-  state_fn = S.make_state_fn(model, TOY_MODEL, tx, trainable)
-  _, shardings = S.abstract_state(state_fn, mesh)
-  state = jax.device_put(jax.device_get(S.state_from_params_fn(tx, trainable)(host)), shardings)
-  call = ST.jit_train_step(ST.make_train_step(model, tx, schedule, trainable=trainable, seed=0),
-                           mesh, shardings)
-  batch = B.to_device(tiny.batch(1, config=TOY_MODEL), mesh)
-  losses = []
-  for _ in range(3):
-    state, m = call(state, batch)
-    m = jax.device_get(m)
-    assert m["finite"]
-    losses.append(float(m["loss"]))
+  losses = tiny.sharded_train_losses(model, TOY_MODEL, host, tiny.batch(1, config=TOY_MODEL))
   assert losses[-1] < losses[0]
   want = decoder_hf.flops(TOY_MODEL.llm, 20)
   assert flops.llm_forward_flops(TOY_MODEL.llm, 20) == want  # flops.py asked the registry

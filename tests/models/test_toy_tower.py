@@ -13,15 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from acformer_jax import batch as B
 from acformer_jax import config as C
-from acformer_jax import sharding
 from acformer_jax.models import connectors, towers
 from acformer_jax.models.anchors import gather_tokens
 from acformer_jax.models.layers import DEFAULT_KERNEL_INIT, partitioned, to_dtype
 from acformer_jax.models.mllm import MultimodalLM
 from acformer_jax.models.vit import TowerModule, VisionBlock, check_pixels, patch_embedding
-from acformer_jax.trainer import experiment, flops, optim, state as S, step as ST
+from acformer_jax.trainer import flops, state as S
 from tests.trainer import tiny
 
 TOWER, CONNECTOR = "toy_probe", "toy_topk"
@@ -106,20 +104,7 @@ def test_forward_and_train_steps_with_the_registered_tower_and_connector():
       {"params": host["connector"]["projector"]}, picked)
   np.testing.assert_allclose(visual, want, atol=1e-5, rtol=0)
   # Sharded train steps: finite, the loss goes down.
-  trainable = experiment.STAGE2_TRAINABLE
-  tx, schedule = optim.make_optimizer({"lr": 1e-2, "warmup_ratio": 0.0, "weight_decay": 0.0}, 4)
-  mesh = sharding.make_mesh((2, 2, 2))
-  _, shardings = S.abstract_state(S.make_state_fn(model, TOY_MODEL, tx, trainable), mesh)
-  state = jax.device_put(jax.device_get(S.state_from_params_fn(tx, trainable)(host)), shardings)
-  call = ST.jit_train_step(ST.make_train_step(model, tx, schedule, trainable=trainable, seed=0),
-                           mesh, shardings)
-  batch = B.to_device(data, mesh)
-  losses = []
-  for _ in range(3):
-    state, m = call(state, batch)
-    m = jax.device_get(m)
-    assert m["finite"]
-    losses.append(float(m["loss"]))
+  losses = tiny.sharded_train_losses(model, TOY_MODEL, host, data)
   assert losses[-1] < losses[0]
   # FLOPs and validation ask the registries.
   assert flops.vit_forward_flops(VISION) == _tower_flops(VISION)

@@ -27,7 +27,7 @@ def test_connector_trains_exports_generates_and_scores(demo, tmp_path, kind):
   assert summary["status"] == "completed", summary
   metrics = summary["eval"]["metrics"]
   assert metrics["num_questions"] == 8 and metrics["num_missing"] == 0
-  assert 0.0 <= metrics["accuracy"] <= 1.0
+  assert 0.0 <= metrics["accuracy"] <= 100.0  # percent
   model, params = load_pretrained(tmp_path / "run" / "export")
   assert model.config.connector.type == kind
   nv = C.num_visual_tokens(model.config)

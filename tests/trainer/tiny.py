@@ -67,3 +67,28 @@ def experiment_config(data_dir, tokenizer_dir, *, steps: int, stage: int = 2, ev
   c.checkpoint.export = False
   c.init.allow_random = True
   return c
+
+
+def sharded_train_losses(model, config: C.ModelConfig, host_params, data: dict,
+                         steps: int = 3) -> list:
+  """Stage-2 train steps of ``model`` from ``host_params`` on ``data`` over a (2, 2, 2) mesh;
+  the losses (each step checked finite)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from acformer_jax import batch as B, sharding  # pylint: disable=import-outside-toplevel
+  from acformer_jax.trainer import optim, state as S, step as ST  # pylint: disable=import-outside-toplevel
+  trainable = experiment.STAGE2_TRAINABLE
+  tx, schedule = optim.make_optimizer({"lr": 1e-2, "warmup_ratio": 0.0, "weight_decay": 0.0},
+                                      steps + 1)
+  mesh = sharding.make_mesh((2, 2, 2))
+  _, shardings = S.abstract_state(S.make_state_fn(model, config, tx, trainable), mesh)
+  state = jax.device_put(jax.device_get(S.state_from_params_fn(tx, trainable)(host_params)),
+                         shardings)
+  call = ST.jit_train_step(ST.make_train_step(model, tx, schedule, trainable=trainable, seed=0),
+                           mesh, shardings)
+  batch, losses = B.to_device(data, mesh), []
+  for _ in range(steps):
+    state, m = call(state, batch)
+    m = jax.device_get(m)
+    assert m["finite"]
+    losses.append(float(m["loss"]))
+  return losses
