@@ -13,6 +13,8 @@ if "xla_force_host_platform_device_count" not in _flags:
 # optimisations (about halves compile time; results stay within float32 tolerances).
 if "xla_backend_optimization_level" not in _flags:
   _flags += " --xla_backend_optimization_level=0"
+if "xla_llvm_disable_expensive_passes" not in _flags:
+  _flags += " --xla_llvm_disable_expensive_passes=true"
 os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -102,6 +102,7 @@ def _wait_past_checkpoint(run, proc, timeout=600):
   pytest.fail(f"no checkpoint {run / 'checkpoints' / str(EVERY)} and later step within {timeout} s")
 
 
+@pytest.mark.slow  # about 4 minutes on 2 cores: opt-in (launch/test.sh --slow)
 def test_two_processes_killed_and_resumed_match_one_process(tmp_path):
   import tensorflow_datasets as tfds
   import acformer_jax.data.builders  # noqa: F401  (registers acformer_demo)

@@ -15,8 +15,14 @@ from tests.trainer import tiny
 BUDGET = {"pooling": 4, "pooling_pr": 4, "c_abstractor": 4}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", experiment.PAPER_CONNECTORS)
+# Three presets in the default suite (the anchor connector, a convolutional and a pruning one);
+# the other five are opt-in (``launch/test.sh --slow``): each connector also has its unit
+# tests in tests/models/test_connectors.py.
+DEFAULT = ("acformer", "c_abstractor", "top_p")
+
+
+@pytest.mark.parametrize("kind", [k if k in DEFAULT else pytest.param(k, marks=pytest.mark.slow)
+                                  for k in experiment.PAPER_CONNECTORS])
 def test_connector_trains_exports_generates_and_scores(demo, tmp_path, kind):
   data_dir, tok = demo
   c = tiny.experiment_config(data_dir, tok, steps=2, every=100)
