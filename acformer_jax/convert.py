@@ -45,14 +45,15 @@ _PARAM_DTYPE = flags.DEFINE_enum("param_dtype", "auto", ["auto", "float32", "bfl
 _CONNECTOR = flags.DEFINE_string("connector", None, "JSON ConnectorConfig fields for a fresh "
                                  "connector (hf-clip / hf-<family>) or resampler sizes (stage 1).")
 DEFAULT_SELECT_LAYER = -2
-_SELECT_LAYER = flags.DEFINE_integer("select_layer", DEFAULT_SELECT_LAYER, "Vision feature layer when the input "
-                                     "has no config for it (hf-clip, hf-<family>, llava-stage1).")
+# Read through cli.shared_value (analyze defines --select_layer too), so no holder is kept.
+flags.DEFINE_integer("select_layer", DEFAULT_SELECT_LAYER, "Vision feature layer when the "
+                     "input has no config for it (hf-clip, hf-<family>, llava-stage1).")
 _NUM_QUERIES = flags.DEFINE_integer("num_queries", None, "acformer: the anchor budget K when "
                                     "config.json has no acformer_num_queries (e.g. 144).")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer directory (default: the input's).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of a fresh connector.")
 DEFAULT_MESH = "1,-1,1"  # also when a verb imported beside this one redefines --mesh (tests)
-_MESH = flags.DEFINE_string("mesh", DEFAULT_MESH, "data,fsdp,tensor mesh the params are placed on.")
+flags.DEFINE_string("mesh", DEFAULT_MESH, "data,fsdp,tensor mesh the params are placed on.")
 _SKIP_CHECK = flags.DEFINE_bool("skip_check", False, "Skip the PyTorch-vs-JAX self-check.")
 _TOL = flags.DEFINE_float("check_tolerance", 1e-3, "Self-check bound on max|Δlogit| relative "
                           "to max(1, max|logit|).")
@@ -85,8 +86,9 @@ def main(argv) -> int:
   try:
     report = pipeline.convert(
         _FORMAT.value, _INPUT.value, _OUTPUT.value, vision=_VISION.value, llm=_LLM.value,
-        mesh=sharding.make_mesh(sharding.parse_mesh_flag(cli.shared_value("mesh", DEFAULT_MESH))), param_dtype=_PARAM_DTYPE.value,
-        connector=connector, select_layer=cli.shared_value("select_layer", DEFAULT_SELECT_LAYER), seed=_SEED.value,
+        mesh=sharding.make_mesh(sharding.parse_mesh_flag(cli.shared_value("mesh", DEFAULT_MESH))),
+        param_dtype=_PARAM_DTYPE.value, connector=connector,
+        select_layer=cli.shared_value("select_layer", DEFAULT_SELECT_LAYER), seed=_SEED.value,
         num_queries=_NUM_QUERIES.value,
         skip_check=_SKIP_CHECK.value, tolerance=_TOL.value, overwrite=_OVERWRITE.value,
         tokenizer=_TOKENIZER.value, progress=_PROGRESS.value and info.process_index == 0)

@@ -28,7 +28,7 @@ _DTYPE = flags.DEFINE_string("dtype", None, "Tensor dtype (default: the source c
                              "dtype when known, else the stored params').")
 _SHARD = flags.DEFINE_string("max_shard_size", "5GB", "Largest safetensors shard.")
 DEFAULT_MESH = "1,-1,1"  # also when a verb imported beside this one redefines --mesh (tests)
-_MESH = flags.DEFINE_string("mesh", DEFAULT_MESH, "data,fsdp,tensor mesh to restore onto.")
+flags.DEFINE_string("mesh", DEFAULT_MESH, "data,fsdp,tensor mesh to restore onto.")  # cli.shared_value
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "tqdm progress bar (process 0).")
 distributed.define_flags()
@@ -48,7 +48,8 @@ def main(argv) -> int:
   try:
     out = exporting.export(
         _CHECKPOINT.value, _FORMAT.value, _OUTPUT.value,
-        mesh=sharding.make_mesh(sharding.parse_mesh_flag(cli.shared_value("mesh", DEFAULT_MESH))), layout=_LAYOUT.value,
+        mesh=sharding.make_mesh(sharding.parse_mesh_flag(cli.shared_value("mesh", DEFAULT_MESH))),
+        layout=_LAYOUT.value,
         dtype=_DTYPE.value, max_shard_size=_SHARD.value, overwrite=_OVERWRITE.value,
         progress=_PROGRESS.value and info.process_index == 0)
   except (ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError) as e:
