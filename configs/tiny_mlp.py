@@ -21,7 +21,7 @@ def get_config(arg: str = "stage1"):
     c.data.max_length = 384
     c.data.max_images_per_row = 4
     c.train.global_batch_size = 8
-    c.train.steps = 150
+    c.train.steps = 200  # as configs/tiny_acformer_stage1.py (the random LLM trains too)
   else:
     experiment.stage2(c)
     recipe.tiny(c, "mlp2x_gelu")
@@ -32,7 +32,7 @@ def get_config(arg: str = "stage1"):
     c.data.max_images_per_row = 3
     c.train.global_batch_size = 16
     c.data.group_by_length = False
-    c.train.steps = 300
+    c.train.steps = 200  # as configs/tiny_acformer_stage2.py
     c.init.allow_random = False
     c.eval.update(benchmark="demo", num_questions=500, batch_size=50)  # as tiny_acformer_stage2
   c.data.packing = True
