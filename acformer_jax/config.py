@@ -106,6 +106,11 @@ class ConnectorConfig:
   dim_head: int = 64
   ff_mult: int = 4
   abstractor_depth: int = 3  # C-Abstractor RegStage depth
+  # A LayerNorm (trained with the connector) on the tower features before the connector reads
+  # them. Off for CLIP and for official checkpoints; for towers whose selected features are
+  # small next to the connector's own updates (DINOv2-S: RMS 0.05 per element; docs/training.md
+  # "DINOv2 demo").
+  input_norm: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -193,6 +193,11 @@ def export(checkpoint, fmt: str, output, *, mesh=None, layout: Optional[str] = N
     raise ValueError(f"unknown export format {fmt!r}; expected one of {FORMATS}"
                      + (f"; did you mean {close[0]!r}?" if close else "")
                      + f" (this checkpoint's connector {mc.connector.type!r} exports as {fits})")
+  if mc.connector.input_norm:
+    raise ValueError(
+        f"{checkpoint}: model.connector.input_norm=True (a LayerNorm on the tower features) has "
+        f"no counterpart in the {fmt} format, whose projectors read the features as they are; "
+        "exporting would drop it silently. Use the Orbax checkpoint with generate/evaluate.")
   info_path = checkpoint / CONVERSION_FILE
   info = json.loads(info_path.read_text()) if info_path.is_file() else {}
   if output.exists() and not overwrite:

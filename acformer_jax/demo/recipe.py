@@ -75,5 +75,8 @@ def dinov2(c: ml_collections.ConfigDict, connector: str = "acformer", *,
   vision = vision_config_from_hf(json.loads(cfg_file.read_text()), select_layer)
   _set(c, dataclasses.replace(vision, image_size=image_size), connector)
   c.model.connector.num_queries = num_queries
+  # DINOv2-S's block-3 tokens have an RMS of 0.05 per element: without a LayerNorm in front,
+  # the resampler's own updates drown the anchors (docs/training.md "DINOv2 demo").
+  c.model.connector.input_norm = True
   c.init.vision = f"hf_clip:{tower_dir}"
   c.init.allow_random = True  # the connector (and LLM, in stage 1) start random

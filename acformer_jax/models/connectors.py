@@ -50,12 +50,13 @@ import jax.numpy as jnp
 from acformer_jax import config as config_lib
 from acformer_jax.models.abstractor import CAbstractor, pool_patches
 from acformer_jax.models.anchors import gather_tokens, num_anchor_tokens, select_anchors
-from acformer_jax.models.layers import DType, dense
+from acformer_jax.models.layers import DType, dense, layer_norm
 from acformer_jax.models.registry import Registry
 from acformer_jax.models.resampler import TORCH_KERNEL_INIT, Resampler
 
 ACT_AXES = ("activation_batch", "activation_length", "activation_embed")
 INFERENCE_DRAW_SEED = 0  # random_pr without rng: one fixed draw (module docstring)
+INPUT_NORM_EPS = 1e-5  # connector.input_norm (torch nn.LayerNorm default)
 
 
 def random_token_indices(rng: Optional[jax.Array], batch: int, num_patches: int,
@@ -332,6 +333,9 @@ class Connector(nn.Module):
           f"[B, {v.num_heads}, {v.num_patches}] (vision config); got {features.shape} "
           f"and {cls_attn.shape}")
     features = nn.with_logical_constraint(features.astype(dtype), ACT_AXES)
+    if cfg.connector.input_norm:
+      features = layer_norm(INPUT_NORM_EPS, dtype=dtype, param_dtype=pdtype, name="input_norm",
+                            axis_name="vit_embed")(features)
     ctx = BuildContext(cfg, features, jax.lax.stop_gradient(cls_attn), rng, dtype, pdtype)
     tokens = spec.build(ctx)
     out = MlpProjector(cfg.llm.hidden_size, two_layer=not spec.linear_projector, dtype=dtype,

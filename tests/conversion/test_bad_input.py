@@ -161,3 +161,21 @@ def test_cli_reports_one_error_and_exit_status(llava_src, tmp_path, capsys):
   err = capsys.readouterr().err
   assert err.startswith("error: hf-llava input") and "language_model.model.norm.weight" in err
   _assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["hf-llava", "llava"])
+def test_export_refuses_a_connector_input_norm_it_would_drop(tmp_path, fmt):
+  """LLaVA / transformers projectors have no LayerNorm on the tower features: exporting a
+  ``connector.input_norm`` checkpoint must fail before writing, not drop the norm."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  from acformer_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from acformer_jax.conversion import exporting  # pylint: disable=import-outside-toplevel
+  mc = config_lib.ModelConfig()
+  mc = dataclasses.replace(mc, connector=dataclasses.replace(mc.connector, type="mlp2x_gelu",
+                                                             input_norm=True))
+  ckpt = tmp_path / "ckpt"
+  ckpt.mkdir()
+  params_store.write_model_config(ckpt, mc)
+  with pytest.raises(ValueError, match=r"ckpt: model.connector.input_norm=True .* no counterpart"):
+    exporting.export(ckpt, fmt, tmp_path / "out")
+  _assert_nothing_written(tmp_path)

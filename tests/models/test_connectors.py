@@ -258,3 +258,31 @@ def test_random_pr_without_rng_is_one_fixed_draw():
   np.testing.assert_array_equal(both, np.asarray(apply(params, feats, attn)))
   idx = np.asarray(connectors.random_token_indices(None, 3, 64, 16))
   assert (idx == idx[:1]).all() and idx[0, 0] == 0 and len(set(idx[0])) == 17
+
+
+def _layer_norm_np(x, scale, bias, eps=connectors.INPUT_NORM_EPS):
+  x = x.astype(np.float64)
+  mu = x.mean(-1, keepdims=True)
+  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + eps) * np.asarray(scale) + np.asarray(bias)
+
+
+@pytest.mark.parametrize("kind", ["mlp2x_gelu", "acformer"])
+def test_input_norm_is_a_layer_norm_before_the_connector(kind):
+  """``connector.input_norm``: the connector sees LayerNorm(features) (its own trained scale and
+  bias), anchors are gathered from the normalised tokens, and the default keeps the official
+  parameter layout (no ``input_norm``)."""
+  cfg = _config(kind, input_norm=True)
+  params = _params(cfg, seed=4)
+  assert set(params["input_norm"]) == {"scale", "bias"}
+  assert "input_norm" not in _params(_config(kind), seed=4)
+  feats, attn = _inputs(4)
+  feats = 0.05 * feats + 0.3          # DINOv2-like: small and offset
+  _, got = _run(cfg, params, feats, attn)
+  normed = _layer_norm_np(feats, params["input_norm"]["scale"], params["input_norm"]["bias"])
+  rest = {k: v for k, v in params.items() if k != "input_norm"}
+  _, want = _run(_config(kind), rest, normed.astype(np.float32), attn)
+  np.testing.assert_allclose(got, want, atol=2e-5, rtol=2e-5)
+  if kind == "mlp2x_gelu":
+    np.testing.assert_allclose(got, _mlp_np(normed[:, 1:], params["projector"]), atol=1e-5,
+                               rtol=1e-5)
