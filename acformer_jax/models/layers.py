@@ -129,16 +129,59 @@ def remat_policy(name: str):
   raise ValueError(f"remat_policy={name!r} is not one of {REMAT_POLICIES}")
 
 
+@jax.custom_vjp
+def round_to_bf16(x: jax.Array) -> jax.Array:
+  """``x.astype(bfloat16)`` for float32 ``x`` (round to nearest even, NaN stays NaN), written
+  with integer ops so that XLA's bfloat16 propagation cannot move it out of a loop.
+
+  A plain ``convert`` of a layer's weight slice inside the layer scan is rewritten by XLA:TPU's
+  ``bfloat16-propagation`` pass into a bfloat16 while-loop operand: one bfloat16 copy of the
+  whole stacked weights, converted before the layer loops and held through the forward and
+  the backward loop (0.75 GiB per chip for a 7B decoder on 16 chips; docs/aot.md, issue #14).
+  The gradient is the cotangent cast back to float32, as for ``astype``.
+  """
+  bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  bits = (bits + jnp.uint32(0x7FFF) + ((bits >> 16) & 1)) >> 16
+  out = jax.lax.bitcast_convert_type(bits.astype(jnp.uint16), jnp.bfloat16)
+  return jnp.where(jnp.isnan(x), jnp.asarray(jnp.nan, jnp.bfloat16), out)
+
+
+round_to_bf16.defvjp(lambda x: (round_to_bf16(x), None),
+                     lambda _, g: (g.astype(jnp.float32),))
+
+
+def _kernel_cast(dtype: Optional[DType]) -> Callable:
+  """``trans_in_fn`` of ``stacked``: casts each float32 ``kernel`` of one layer's parameters to
+  ``dtype`` (bfloat16) with :func:`round_to_bf16`; other leaves and boxed (initialising)
+  values pass through. ``nn.Dense`` casts its kernel to its compute dtype anyway, so the layer
+  computes exactly what it computed from the float32 kernel."""
+  def cast(path, leaf):
+    if (isinstance(leaf, nn.meta.AxisMetadata) or getattr(path[-1], "key", None) != "kernel"
+        or leaf.dtype != jnp.float32):
+      return leaf
+    return round_to_bf16(leaf)
+  if dtype is None or to_dtype(dtype) != jnp.bfloat16:
+    return lambda tree: tree
+  return lambda tree: jax.tree_util.tree_map_with_path(
+      cast, tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
 def stacked(block: type[nn.Module], *, length: int, scan_layers: bool, remat: str,
-            in_axes: tuple) -> type[nn.Module]:
+            in_axes: tuple, cast_kernels_to: Optional[DType] = None) -> type[nn.Module]:
   """Wraps ``block`` into a stack of ``length`` layers with a leading ``layers`` axis.
 
   The block's call is ``(carry, *args) -> (carry, ys)``; ``in_axes`` says per extra
   argument whether it is broadcast (``nn.broadcast``) or scanned (``0``).
   ``scan_layers=False`` fully unrolls the same scan, so the parameter layout is
   identical either way.
+  ``cast_kernels_to``: the block's compute dtype when all its ``kernel`` parameters are
+  ``nn.Dense`` kernels cast to it (the decoder); they are then cast per layer inside the loop
+  (:func:`round_to_bf16`) instead of XLA keeping a cast copy of the whole stack.
   """
   policy = remat_policy(remat)
+  if cast_kernels_to is not None:
+    block = nn.map_variables(block, "params", trans_in_fn=_kernel_cast(cast_kernels_to),
+                             init=True)
   if policy is not False:
     block = nn.remat(block, policy=policy, prevent_cse=False)  # always inside a scan
   return nn.scan(

@@ -204,7 +204,8 @@ class LlamaModel(nn.Module):
         param_dtype=to_dtype(self.param_dtype),
         embedding_init=partitioned(DEFAULT_KERNEL_INIT, ("vocab", "embed")))
     self.layers = stacked(LlamaBlock, length=cfg.num_layers, scan_layers=self.scan_layers,
-                          remat=self.remat_policy, in_axes=(nn.broadcast,) * 4)(
+                          remat=self.remat_policy, in_axes=(nn.broadcast,) * 4,
+                          cast_kernels_to=self.dtype)(
                               cfg, attention=self.attention, **kw)
     self.norm = RMSNorm(cfg.rms_norm_eps, unit_offset=cfg.norm_unit_offset, **kw)
     if not cfg.tie_word_embeddings:
