@@ -6,16 +6,14 @@ import os
 import pathlib
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+from tests import cpu_compile  # noqa: E402  (no JAX import)
+
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   _flags += " --xla_force_host_platform_device_count=8"
-# Tests are dominated by XLA:CPU compile time, not run time: skip LLVM's backend
-# optimisations (about halves compile time; results stay within float32 tolerances).
-if "xla_backend_optimization_level" not in _flags:
-  _flags += " --xla_backend_optimization_level=0"
-if "xla_llvm_disable_expensive_passes" not in _flags:
-  _flags += " --xla_llvm_disable_expensive_passes=true"
-os.environ["XLA_FLAGS"] = _flags.strip()
+# Tests are dominated by XLA:CPU compile time, not run time: cheap code generation (see
+# tests/cpu_compile.py; results stay within float32 tolerances).
+os.environ["XLA_FLAGS"] = cpu_compile.with_flags(_flags.strip())
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -20,14 +20,16 @@ import time
 import numpy as np
 import pytest
 
+from tests import cpu_compile
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS, EVERY = 4, 2
 CACHE = ROOT / ".cache" / "jax_tests"
-# Test-only: less LLVM optimisation halves the CPU compile time of every run; all runs use the
+# Test-only: cheap XLA:CPU code generation (tests/cpu_compile.py) for every run; all runs use the
 # same flags, so their numerics stay comparable. (conftest's forced 8 devices are dropped: the
 # launcher sets the device count per process.)
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-           XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+           XLA_FLAGS=cpu_compile.with_flags())
 def _train_args(workdir, tfds_dir, tok_dir, delay=0.0, cache=True):
   # No persistent compile cache for multi-process CPU runs: JAX keys CPU executables per
   # process and only process 0 writes entries, so on a re-run process 0 loads the step while

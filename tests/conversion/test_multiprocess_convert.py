@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from tests import cpu_compile
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.multiprocess
 
@@ -40,7 +42,8 @@ def test_two_processes_convert_and_export(tmp_path):
   T.hf_llava(src, shard="20KB")
   env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}", JAX_PLATFORMS="cpu",
              PYTHONUNBUFFERED="1")
-  env.pop("XLA_FLAGS", None)  # the workers set their own device count
+  # The workers set their own device count: only the cheap-compile flags.
+  env["XLA_FLAGS"] = cpu_compile.with_flags()
   port = _free_port()
   procs = [subprocess.Popen([sys.executable, __file__, "worker", str(i), str(port), str(src),
                              str(tmp_path)], cwd=ROOT, env=env, stdout=subprocess.PIPE,

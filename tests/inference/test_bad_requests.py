@@ -1,20 +1,16 @@
 """Clear errors for bad generation inputs (issue #15 item 10): a prompt plus max_new_tokens
 beyond the model's positions, and a decompression bomb (a 20000x20000 PNG header)."""
 import dataclasses
-import os
 import struct
-import subprocess
-import sys
 import zlib
 
 import pytest
 from PIL import Image
 
+from acformer_jax import generate
 from acformer_jax.inference import engine as E
 from acformer_jax.models.mllm import MultimodalLM
 from tests.inference import tiny_model as T
-
-ROOT = T.__file__.rsplit("/tests/", 1)[0]
 
 
 def bomb_png(path, width=20000, height=20000):
@@ -36,26 +32,24 @@ def test_prompt_plus_new_tokens_beyond_the_positions():
     eng.generate([req], max_new_tokens=8)
 
 
-def _cli(*args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".cache", "jax_tests"))
-  return subprocess.run([sys.executable, "-m", "acformer_jax.generate", *args], capture_output=True,
-                        text=True, cwd=ROOT, env=env, timeout=600)
-
-
-def test_generate_cli_errors(tiny_checkpoint, tmp_path):
+def test_generate_cli_errors(tiny_checkpoint, tmp_path, capsys):
+  """``generate.main`` in-process: the same flag parsing and error handling as ``python -m
+  acformer_jax.generate`` (its real CLI runs in tests/inference/test_generate_cli.py); an
+  uncaught exception (a traceback from the CLI) fails the test here."""
   ckpt = str(tiny_checkpoint[0])
   bomb = bomb_png(tmp_path / "bomb.png")
   with pytest.raises(Image.DecompressionBombError):  # what PIL does on its own
     Image.open(bomb)
-  proc = _cli("--checkpoint", ckpt, "--image", str(bomb), "--prompt", "hi")
-  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-  assert f"error: --image {bomb}: cannot read the image" in proc.stderr
-  assert "decompression bomb" in proc.stderr
-  proc = _cli("--checkpoint", ckpt, "--prompt", "hi", "--max_new_tokens", "5000")
-  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-  assert "plus max_new_tokens=5000" in proc.stderr and "the model's 4096" in proc.stderr
-  assert proc.stderr.startswith("error:") or "\nerror:" in proc.stderr
+  assert generate.main(["--checkpoint", ckpt, "--image", str(bomb), "--prompt", "hi"]) == 2
+  err = capsys.readouterr().err
+  assert "Traceback" not in err, err[-3000:]
+  assert f"error: --image {bomb}: cannot read the image" in err
+  assert "decompression bomb" in err
+  assert generate.main(["--checkpoint", ckpt, "--prompt", "hi", "--max_new_tokens", "5000"]) == 2
+  err = capsys.readouterr().err
+  assert "Traceback" not in err, err[-3000:]
+  assert "plus max_new_tokens=5000" in err and "the model's 4096" in err
+  assert err.startswith("error:") or "\nerror:" in err
 
 
 def test_evaluation_image_bomb_names_the_question(tmp_path):

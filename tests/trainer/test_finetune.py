@@ -30,6 +30,7 @@ from acformer_jax.data import offline_tokenizer, templates
 from acformer_jax.data.tokenizer import load_encoder, make_encoder
 from acformer_jax.trainer import experiment, pretrained
 from acformer_jax.trainer.validate import ConfigError
+from tests import cpu_compile
 from tests.conversion import tiny_checkpoints as T
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -90,7 +91,7 @@ def run(hf_dir, tmp_path_factory):
   tmp = tmp_path_factory.mktemp("ft_run")
   json_path, imgs = _data(tmp)
   workdir = tmp / "W"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0",
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=cpu_compile.with_flags(),
              PYTHONPATH=str(ROOT))
   cmd = [sys.executable, "-m", "acformer_jax.train", "--config", str(ROOT / "configs/finetune.py"),
          f"--config.init.from_pretrained={hf_dir}", f"--config.data.json_path={json_path}",

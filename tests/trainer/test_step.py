@@ -46,6 +46,12 @@ def _run(mesh, trainable, seeds=(1,), **step_kw):
   return host, jax.device_get(state), metrics, call
 
 
+@functools.lru_cache(maxsize=None)
+def _one_device_run(trainable):
+  """``_run`` on one device, seed 1: the reference of several tests (computed once)."""
+  return _run(sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1]), trainable)
+
+
 def _assert_close(a, b, rtol=2e-5, atol=2e-6):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
 
@@ -56,7 +62,7 @@ def _flat(tree):
 
 def test_same_step_on_every_mesh_and_stage2_freezes_the_vit():
   trainable = experiment.STAGE2_TRAINABLE
-  host, ref, ref_m, _ = _run(sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1]), trainable)
+  host, ref, ref_m, _ = _one_device_run(trainable)
   assert ref_m[0]["finite"] and ref_m[0]["supervised_tokens"] == 8 * 4
   for shape in [(8, 1, 1), (1, 8, 1), (2, 2, 2)]:
     _, out, m, _ = _run(sharding.make_mesh(shape), trainable)
@@ -98,7 +104,7 @@ def test_stage1_leaves_llm_and_vit_bit_identical_and_no_frozen_optimizer_state()
 def test_grad_accumulation_and_head_positions_match_the_plain_step():
   trainable = experiment.STAGE2_TRAINABLE
   one = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  _, ref, ref_m, _ = _run(one, trainable)
+  _, ref, ref_m, _ = _one_device_run(trainable)
   _, acc, acc_m, _ = _run(one, trainable, grad_accum=2, loss_positions=4)
   np.testing.assert_allclose(acc_m[0]["loss"], ref_m[0]["loss"], rtol=1e-6)
   assert acc_m[0]["dropped_tokens"] == 0
