@@ -7,7 +7,7 @@ Renders ``samples`` demo caption scenes (``demo/scenes.py``, 1-4 shapes in a 3x3
 grid cell on the z-scored patch tokens of the selected block (all patches flattened): the
 cell's colour (5 + empty) and its shape (4 + empty). Prints held-out accuracy over all cells
 and over the occupied cells only. Layer 0 is the main job's random tower (``demo/recipe.tiny``:
-patch 7, 64 wide, CLIP mean/std); 1-12 are blocks of the real DINOv2-S/14 in
+patch 7, 64 wide); 1-12 are blocks of the real DINOv2-S/14 in
 ``.assets/dinov2_s14`` (``launch/setup.sh``). A probe over flattened tokens knows each token's
 cell, so it bounds what a connector can extract; it does not show that one will.
 """
@@ -31,7 +31,6 @@ from acformer_jax.demo import scenes
 from acformer_jax.models import towers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 def scenes_and_labels(n: int, size: int):
@@ -57,11 +56,11 @@ def tower_features(images: np.ndarray, layer: int) -> np.ndarray:
                                   intermediate_size=128, num_layers=3, num_heads=4)
     module = towers.build(cfg)
     params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))["params"]
-    mean, std = CLIP_MEAN, CLIP_STD
   else:
     cfg, params = load_hf_vision(ROOT / ".assets" / "dinov2_s14", select_layer=layer)
     module = towers.build(dataclasses.replace(cfg, image_size=size))
-    mean, std = towers.IMAGENET_MEAN, towers.IMAGENET_STD
+  entry = towers.tower(cfg.tower)  # each tower's own normalisation, as training uses
+  mean, std = entry.image_mean, entry.image_std
   fwd = jax.jit(lambda p, x: module.apply({"params": p}, x)[0][:, 1:])
   x = (images - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
   return np.concatenate([np.asarray(fwd(params, jnp.asarray(x[i:i + 200])))
