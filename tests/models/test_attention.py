@@ -204,8 +204,8 @@ def test_llama_with_splash_matches_xla_packed_and_decode():
   # (Each call compiled as one program: eagerly every op compiles on its own.)
   m = llama.LlamaModel(cfg, attention="splash_interpret")
   e8, p8 = emb[:, :8], jnp.broadcast_to(jnp.arange(8, dtype=jnp.int32), (b, 8))
-  full = np.asarray(jax.jit(lambda p, e, q: m.apply({"params": p}, e, q, jnp.ones((b, 8), bool))[0])(
-      params, e8, p8))
+  whole = jax.jit(lambda p, e, q: m.apply({"params": p}, e, q, jnp.ones((b, 8), bool))[0])
+  full = np.asarray(whole(params, e8, p8))
   cache = llama.init_cache(cfg, b, 16)
   kvm = jnp.asarray(np.arange(16)[None] < 8).repeat(b, 0)
   prefill = jax.jit(lambda p, e, q, c: m.apply({"params": p}, e, q, kvm, cache=c, cache_index=0))
