@@ -46,10 +46,11 @@ def demo_data_dir(tmp_path_factory):
 
 # The longest tests go first, so that the two pytest-xdist workers (launch/test.sh,
 # ``--dist load``) share them instead of one worker meeting them at the end of the queue.
-_LONG_FIRST = ("test_multiprocess_train.py", "test_every_connector.py", "test_resume.py",
-               "test_multiprocess_convert.py", "test_launch_scripts.py", "test_families.py",
-               "test_layers.py", "test_packed_model.py", "test_generate_cli.py",
-               "test_finetune.py", "test_distributed.py", "test_attention.py")
+_LONG_FIRST = ("test_multiprocess_train.py", "test_resume.py", "test_integrity.py",
+               "test_multiprocess_convert.py", "test_evaluation.py", "test_step.py",
+               "test_every_connector.py", "test_generate_cli.py", "test_loss.py",
+               "test_finetune.py", "test_epochs.py", "test_families.py", "test_distributed.py",
+               "test_toy_family.py", "test_builder.py", "test_bench.py")
 
 
 def pytest_collection_modifyitems(config, items):

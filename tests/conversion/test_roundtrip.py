@@ -62,7 +62,7 @@ def test_hf_llava(layout, tmp_path):
     llm = params_store.restore(tmp_path / "ckpt", abstract, prefix=("llm",))
     jax.tree.map(np.testing.assert_array_equal, llm, params["llm"])
     images, ids = fixed_inputs(mod.config)
-    ours = np.asarray(mod.apply({"params": params}, images, ids))
+    ours = np.asarray(jax.jit(mod.apply)({"params": params}, images, ids))  # one compile
     with torch.no_grad():
       ref = back(input_ids=torch.from_numpy(ids.astype(np.int64)),
                  pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))).logits.numpy()

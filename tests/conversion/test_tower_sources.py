@@ -2,6 +2,7 @@
 directions) and Dinov2Model / SiglipVisionModel directories as the vision tower."""
 import json
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -40,7 +41,7 @@ def test_llava_with_siglip_tower_converts_and_matches(tmp_path):
   mod, params = load_pretrained(tmp_path / "ckpt")
   images, ids = fixed_inputs(mod.config)
   assert (ids == 94).sum(axis=1).max() == 16
-  ours = np.asarray(mod.apply({"params": params}, images, ids))
+  ours = np.asarray(jax.jit(mod.apply)({"params": params}, images, ids))  # one compile
   with torch.no_grad():
     ref = model(input_ids=torch.from_numpy(ids.astype(np.int64)),
                 pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))).logits.numpy()

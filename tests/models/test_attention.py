@@ -192,7 +192,8 @@ def test_llama_with_splash_matches_xla_packed_and_decode():
                                     for c in (t, t)]).astype(np.int32))
   emb = rand((b, t, 64), 5)
   xla_model = llama.LlamaModel(cfg, attention="xla")
-  params = xla_model.init(jax.random.key(0), emb[:, :4], pos[:, :4], jnp.ones((b, 4), bool))["params"]
+  params = jax.jit(xla_model.init)(jax.random.key(0), emb[:, :4], pos[:, :4],
+                                   jnp.ones((b, 4), bool))["params"]
   kv = jnp.ones((b, t), bool)
   run = lambda impl: jax.jit(lambda e: llama.LlamaModel(cfg, attention=impl).apply(
       {"params": params}, e, pos, kv, segment_ids=seg)[0])(emb)
@@ -200,16 +201,19 @@ def test_llama_with_splash_matches_xla_packed_and_decode():
   real = np.asarray(seg) > 0
   np.testing.assert_allclose(a[real], x[real], atol=1e-5, rtol=1e-5)
   # Decode: prefill 6 tokens, then 2 steps, with the splash setting; compare with a full pass.
+  # (Each call compiled as one program: eagerly every op compiles on its own.)
   m = llama.LlamaModel(cfg, attention="splash_interpret")
   e8, p8 = emb[:, :8], jnp.broadcast_to(jnp.arange(8, dtype=jnp.int32), (b, 8))
-  full = np.asarray(m.apply({"params": params}, e8, p8, jnp.ones((b, 8), bool))[0])
+  whole = jax.jit(lambda p, e, q: m.apply({"params": p}, e, q, jnp.ones((b, 8), bool))[0])
+  full = np.asarray(whole(params, e8, p8))
   cache = llama.init_cache(cfg, b, 16)
   kvm = jnp.asarray(np.arange(16)[None] < 8).repeat(b, 0)
-  logits, cache = m.apply({"params": params}, e8[:, :6], p8[:, :6], kvm, cache=cache, cache_index=0)
+  prefill = jax.jit(lambda p, e, q, c: m.apply({"params": p}, e, q, kvm, cache=c, cache_index=0))
+  decode = jax.jit(lambda p, e, q, c, i: m.apply({"params": p}, e, q, kvm, cache=c, cache_index=i))
+  logits, cache = prefill(params, e8[:, :6], p8[:, :6], cache)
   steps = [np.asarray(logits)]
   for i in (6, 7):
-    logits, cache = m.apply({"params": params}, e8[:, i:i + 1], p8[:, i:i + 1], kvm, cache=cache,
-                            cache_index=jnp.int32(i))
+    logits, cache = decode(params, e8[:, i:i + 1], p8[:, i:i + 1], cache, jnp.int32(i))
     steps.append(np.asarray(logits))
   np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5, rtol=1e-5)
 

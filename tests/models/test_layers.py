@@ -1,5 +1,6 @@
 """models/layers.py remat policies: every policy gives the no-remat gradients, and the
 named ones save (or offload) exactly the tagged decoder tensors."""
+import functools
 from collections import Counter
 
 import flax.linen as nn
@@ -17,13 +18,23 @@ CFG = LLMConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=
 B, T = 2, 6
 
 
-def _loss_fn(policy):
-  model = llama.LlamaModel(CFG, remat_policy=policy)
+def _inputs():
   pos = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
   mask = jnp.ones((B, T), bool)
   emb = jnp.asarray(np.random.RandomState(0).randn(B, T, 16), jnp.float32)
-  params = llama.LlamaModel(CFG).init(jax.random.key(0), emb, pos, mask)["params"]
-  return (lambda p: jnp.sum(jnp.tanh(model.apply({"params": p}, emb, pos, mask)[0]))), params
+  return emb, pos, mask
+
+
+@functools.lru_cache(maxsize=None)
+def _params():
+  """One random init (one compiled program) shared by every policy."""
+  return jax.jit(llama.LlamaModel(CFG).init)(jax.random.key(0), *_inputs())["params"]
+
+
+def _loss_fn(policy):
+  model = llama.LlamaModel(CFG, remat_policy=policy)
+  emb, pos, mask = _inputs()
+  return (lambda p: jnp.sum(jnp.tanh(model.apply({"params": p}, emb, pos, mask)[0]))), _params()
 
 
 def test_named_and_offload_policies_give_the_same_gradients():

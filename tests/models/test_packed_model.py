@@ -1,5 +1,7 @@
 """Packed rows (issue #13): the same loss and gradients as one sample per row, and no sample
 sees another (MultimodalLM with segment_ids / image_mask, LlamaModel's segment mask)."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,6 +56,21 @@ def _batches(samples):
   return one, packed
 
 
+@functools.lru_cache(maxsize=None)
+def _params(name):
+  """Random params of connector ``name``'s model plus 0.05 x N(0, 1) on every leaf (no zero
+  biases: every trainable leaf gets a gradient). Computed once and shared by the tests (none
+  depends on particular values): ``model.init`` as one compiled program (eagerly it compiles
+  every op on its own), the noise drawn on the host."""
+  model, nv = _model(name)
+  one, _ = _batches(_samples(nv))
+  params = jax.jit(lambda a, b: model.init(jax.random.key(0), a, b)["params"])(
+      one["images"], one["input_ids"])
+  rs = np.random.RandomState(1)
+  return jax.tree.map(lambda x: x + (0.05 * rs.standard_normal(x.shape)).astype(np.float32),
+                      jax.device_get(params))
+
+
 def _loss(model, params, b):
   logits = model.apply({"params": params}, b["images"], b["input_ids"], positions=b["positions"],
                        segment_ids=b["segment_ids"], image_mask=b["image_mask"])
@@ -66,8 +83,7 @@ def test_packed_loss_and_gradients_equal_unpacked(connector):
   model, nv = _model(connector)
   samples = _samples(nv)
   one, packed = _batches(samples)
-  params = model.init(jax.random.key(0), one["images"], one["input_ids"])["params"]
-  params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape), params)
+  params = _params(connector)
   grad = jax.jit(jax.value_and_grad(lambda p, b: _loss(model, p, b), has_aux=True))
   (l1, c1), g1 = grad(params, one)
   (l2, c2), g2 = grad(params, packed)
@@ -91,7 +107,7 @@ def test_changing_one_sample_leaves_the_others_bit_identical():
   model, nv = _model("acformer")
   samples = _samples(nv, seed=3)
   _, packed = _batches(samples)
-  params = model.init(jax.random.key(2), packed["images"], packed["input_ids"])["params"]
+  params = _params("acformer")
   fwd = jax.jit(lambda b: model.apply({"params": params}, b["images"], b["input_ids"],
                                       positions=b["positions"], segment_ids=b["segment_ids"],
                                       image_mask=b["image_mask"]))
@@ -120,11 +136,13 @@ def test_segment_ids_none_keeps_the_inference_mask():
   """Without segment_ids a 1-sample row gives the logits of the same row with segment 1."""
   model, nv = _model("acformer")
   one, _ = _batches(_samples(nv, seed=6))
-  params = model.init(jax.random.key(5), one["images"], one["input_ids"])["params"]
+  params = _params("acformer")
   mask = (one["segment_ids"] > 0).astype(np.int32)
-  plain = model.apply({"params": params}, one["images"][:, 0], one["input_ids"], mask)
-  seg = model.apply({"params": params}, one["images"], one["input_ids"], positions=one["positions"],
-                    segment_ids=one["segment_ids"], image_mask=one["image_mask"])
+  plain = jax.jit(lambda p, b: model.apply({"params": p}, b["images"][:, 0], b["input_ids"], mask))(
+      params, one)
+  seg = jax.jit(lambda p, b: model.apply({"params": p}, b["images"], b["input_ids"],
+                                         positions=b["positions"], segment_ids=b["segment_ids"],
+                                         image_mask=b["image_mask"]))(params, one)
   real = mask.astype(bool)
   np.testing.assert_allclose(np.asarray(seg)[real], np.asarray(plain)[real], rtol=0, atol=1e-5)
   with pytest.raises(ValueError, match="cache"):

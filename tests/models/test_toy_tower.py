@@ -96,12 +96,16 @@ def test_forward_and_train_steps_with_the_registered_tower_and_connector():
   # The connector's tokens are the projector applied to [summary, top-4 patches by probe].
   data = tiny.batch(1, config=TOY_MODEL)
   images = data["images"][:2, 0]
-  visual = model.apply({"params": host}, images, method=MultimodalLM.encode_images)
-  feats, probe = ToyTower(VISION).apply({"params": host["vision"]}, images)
+  # (each apply compiled as one program: eagerly every op compiles on its own)
+  visual = jax.jit(lambda p, x: model.apply({"params": p}, x, method=MultimodalLM.encode_images))(
+      host, images)
+  feats, probe = jax.jit(lambda p, x: ToyTower(VISION).apply({"params": p}, x))(host["vision"],
+                                                                                images)
   top = np.sort(np.argsort(-np.asarray(probe).mean(1), axis=-1)[:, :4], axis=-1) + 1
   picked = np.take_along_axis(np.asarray(feats), np.c_[np.zeros((2, 1), int), top][..., None], 1)
-  want = connectors.MlpProjector(tiny.LLM.hidden_size).apply(
-      {"params": host["connector"]["projector"]}, picked)
+  projector = connectors.MlpProjector(tiny.LLM.hidden_size)
+  want = jax.jit(lambda p, x: projector.apply({"params": p}, x))(host["connector"]["projector"],
+                                                                 picked)
   np.testing.assert_allclose(visual, want, atol=1e-5, rtol=0)
   # Sharded train steps: finite, the loss goes down.
   losses = tiny.sharded_train_losses(model, TOY_MODEL, host, data)

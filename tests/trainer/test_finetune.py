@@ -168,7 +168,7 @@ def test_export_loads_in_transformers_and_logits_match(run, hf_dir, tmp_path):
   with torch.no_grad():
     ref = torch_model(**inputs).logits.numpy()
   model, params = load_pretrained(workdir / "export", dtype="float32")
-  ours = model.apply({"params": params}, jax.numpy.asarray(
+  ours = jax.jit(model.apply)({"params": params}, jax.numpy.asarray(
       inputs["pixel_values"].numpy().transpose(0, 2, 3, 1)), jax.numpy.asarray(
           inputs["input_ids"].numpy()))
   err = float(np.max(np.abs(np.asarray(ours) - ref)))
