@@ -113,7 +113,9 @@ while (( remaining > 0 )); do
       fi
     fi
   done
-  sleep 0.2
+  # A foreground sleep can swallow a Ctrl-C that lands while bash waits for it (bash then
+  # assumes the child handled SIGINT); the wait builtin returns at once and runs the trap.
+  sleep 0.2 & wait $! || true
 done
 wait "$tail_pid" 2>/dev/null || true
 note "all $N processes finished"
