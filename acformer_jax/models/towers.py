@@ -16,10 +16,9 @@ import dataclasses
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 from acformer_jax.config import VisionConfig
+from acformer_jax.data.preprocess import CLIP_MEAN, CLIP_STD  # noqa: F401  (LLaVA's, spec 2.7)
 from acformer_jax.models.registry import Registry
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
