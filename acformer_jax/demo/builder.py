@@ -29,7 +29,7 @@ class DemoConfig(tfds.core.BuilderConfig):
 
 def _configs():
   out = []
-  for size in (56, 64, 70, 84, 112):
+  for size in (42, 56, 64, 70, 84, 112):
     for task in ("caption", "qa"):
       out.append(DemoConfig(name=f"{task}_{size}", task=task, image_size=size,
                             description=f"{task} task, {size}px images"))
