@@ -73,14 +73,14 @@ cd "$ROOT"
 mkdir -p "$LOG_DIR"
 procs=(); tail_pid=""
 stop_all() {
-  local p
+  # TERM, then KILL after 5 s; the wait builtin reaps each process (kill -0 would keep seeing
+  # unreaped zombies as alive and poll for the whole grace period).
+  local p killer
   for p in "${procs[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for _ in $(seq 1 50); do
-    local alive=0
-    for p in "${procs[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    (( alive )) || break; sleep 0.1
-  done
-  for p in "${procs[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  ( sleep 5; for p in "${procs[@]}"; do kill -KILL "$p" 2>/dev/null || true; done ) >/dev/null 2>&1 &
+  killer=$!
+  for p in "${procs[@]}"; do wait "$p" 2>/dev/null || true; done
+  kill "$killer" 2>/dev/null || true
   [[ -n "$tail_pid" ]] && kill "$tail_pid" 2>/dev/null || true
 }
 trap 'echo; note "interrupted: stopping all $N processes"; stop_all; exit 130' INT TERM

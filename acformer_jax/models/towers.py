@@ -16,7 +16,7 @@ import dataclasses
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 from acformer_jax.config import VisionConfig
-from acformer_jax.data.preprocess import CLIP_MEAN, CLIP_STD  # noqa: F401  (LLaVA's, spec 2.7)
+from acformer_jax.data.preprocess import CLIP_MEAN, CLIP_STD  # noqa: F401  (LLaVA-1.5 preprocessing)
 from acformer_jax.models.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
