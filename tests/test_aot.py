@@ -61,6 +61,7 @@ def test_tiny_train_step_compiles_for_v5e_16(tmp_path):
   assert res["topology"] == "v5e-16" and res["mesh"] == {"data": 4, "fsdp": 4, "tensor": 1}
   assert res["num_hosts"] == 4 and res["per_chip_batch"] == 32 / 16
   assert r["fits"] and r["num_chips"] == 16 and r["hbm_bytes"] == aot_lib.CHIPS["v5e"].usable_hbm_bytes
+  assert r["versions"]["libtpu"] and f"libtpu {r['versions']['libtpu']}" in p.stdout
   assert r["total_bytes"] == r["argument_bytes"] + r["output_bytes"] - r["alias_bytes"] + r["temp_bytes"]
   # The donated train state is an argument and fully aliased by the new state.
   assert r["argument_bytes"] >= res["state_bytes_per_chip"] > 0
