@@ -221,10 +221,13 @@ class CompileReport:
   generated_code_bytes: int = 0
   peak_bytes: int = 0
   total_bytes: int = 0          # argument + output - alias + temp (MaxText's estimate)
+  # temp depends on the libtpu version: 0.0.42 adds its fragmentation estimate to the HLO heap,
+  # 0.0.52 reports the heap alone (docs/aot.md, "Accounting"), hence the versions below.
   oom_message: Optional[str] = None
   flops_per_step: Optional[float] = None
   step_time_s: Optional[float] = None
   mfu: Optional[float] = None
+  versions: Dict[str, Optional[str]] = dataclasses.field(default_factory=dict)  # jax / jaxlib / libtpu
   compiled: Any = dataclasses.field(default=None, repr=False, compare=False)
 
   def to_dict(self) -> dict:
@@ -232,7 +235,9 @@ class CompileReport:
 
   def format(self) -> str:
     g = lambda b: f"{b / GIB:.2f} GiB" if b >= GIB / 100 else f"{b / 2 ** 20:.2f} MiB"
-    lines = [f"target {self.target} ({self.num_chips} x {self.chip}), compiled in {self.compile_time_s:.1f} s"]
+    v = self.versions
+    built = f" (jax {v.get('jax')}, libtpu {v.get('libtpu')})" if v else ""
+    lines = [f"target {self.target} ({self.num_chips} x {self.chip}), compiled in {self.compile_time_s:.1f} s{built}"]
     if self.oom_message:
       lines.append(f"  compile-time OOM: {self.oom_message}")
     else:
@@ -267,7 +272,7 @@ def compile_report(jitted_fn, abstract_args: Sequence[Any], abstract_kwargs: Opt
   """
   spec = CHIPS[chip] if isinstance(chip, str) else chip
   base = dict(target=target or spec.name, chip=spec.name, num_chips=num_chips, hbm_bytes=spec.usable_hbm_bytes,
-              flops_per_step=flops_per_step, step_time_s=step_time_s)
+              flops_per_step=flops_per_step, step_time_s=step_time_s, versions=_versions())
   if flops_per_step and step_time_s:
     base["mfu"] = mfu(flops_per_step, step_time_s, num_chips, spec.peak_bf16_flops)
   t0 = time.time()

@@ -59,8 +59,9 @@ def test_tiny_train_step_compiles_for_v5e_16(tmp_path):
   res = json.loads(out.read_text())
   r = res["report"]
   assert res["topology"] == "v5e-16" and res["mesh"] == {"data": 4, "fsdp": 4, "tensor": 1}
-  assert res["num_hosts"] == 4 and res["per_chip_batch"] == 32 / 16
+  assert res["num_hosts"] == 4 and res["per_chip_batch"] == res["global_batch"] / 16
   assert r["fits"] and r["num_chips"] == 16 and r["hbm_bytes"] == aot_lib.CHIPS["v5e"].usable_hbm_bytes
+  assert r["versions"]["libtpu"] and f"libtpu {r['versions']['libtpu']}" in p.stdout
   assert r["total_bytes"] == r["argument_bytes"] + r["output_bytes"] - r["alias_bytes"] + r["temp_bytes"]
   # The donated train state is an argument and fully aliased by the new state.
   assert r["argument_bytes"] >= res["state_bytes_per_chip"] > 0
@@ -74,9 +75,11 @@ def test_tiny_train_step_compiles_for_v5e_16(tmp_path):
   mc = config_lib.model_config_from_dict(cfg.model)
   from acformer_jax import batch as B
   m = B.images_per_row(cfg.data)
-  want = flops_lib.train_step_flops(mc, 32, cfg.data.max_length, llm_trainable=True,
+  rows = cfg.train.global_batch_size
+  assert res["global_batch"] == rows
+  want = flops_lib.train_step_flops(mc, rows, cfg.data.max_length, llm_trainable=True,
                                     images_per_row=m)
-  assert res["token_slots"] == 32 * cfg.data.max_length and res["images_per_row"] == m
+  assert res["token_slots"] == rows * cfg.data.max_length and res["images_per_row"] == m
   assert res["flops"]["total"] == pytest.approx(want.total, rel=1e-12)
   assert r["mfu"] == pytest.approx(want.total / (0.5 * 16 * 197e12), rel=1e-9)
   side = json.loads((tmp_path / "step.exe.json").read_text())

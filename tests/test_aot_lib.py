@@ -1,4 +1,5 @@
 """AOT topology plumbing (docs/aot_tpu.md): names, report math, executables; libtpu parts if installed."""
+import importlib.metadata
 import json
 
 import jax
@@ -97,7 +98,10 @@ def test_compile_report_memory_math_on_cpu():
   assert r.fits and r.oom_message is None and r.hbm_bytes == int(15.75 * 2 ** 30)
   assert r.mfu == pytest.approx(4e12 / (2.0 * 8 * 197e12))
   assert "FITS" in r.format() and "MFU" in r.format()
+  # temp_bytes depends on the compiler version, so every report names it.
+  assert r.versions["jax"] == jax.__version__ and f"jax {jax.__version__}" in r.format()
   assert json.loads(json.dumps(r.to_dict()))["argument_bytes"] == 5120
+  assert json.loads(json.dumps(r.to_dict()))["versions"]["jaxlib"] == importlib.metadata.version("jaxlib")
   small = aot_lib.ChipSpec("tiny", "cpu", 8192, 8192, 1e12, "test chip")
   r2 = aot_lib.compile_report(step, args, chip=small, num_chips=8)
   assert not r2.fits and r2.total_bytes > 8192 and "DOES NOT FIT" in r2.format()
