@@ -50,9 +50,15 @@ def test_trace_breakdown_matches_every_event(tmp_path):
   assert events and wall > 0
   b = op.with_wall(op.jax_breakdown(events, {op.module_name(text): op.hlo_op_table(text)}), wall)
   assert b["unmatched_s"] == 0.0 and b["op_s"] > 0 and "gemm" in b["seconds"]
+  assert b["op_s"] + b["idle_s"] <= b["span_s"] * (1 + 1e-9) and b["span_s"] <= wall
   assert b["flops"]["gemm"] == 2 * 2 * 64 * 48 * 32 and b["flops_per_s"]["gemm"] > 0
   assert abs(b["untraced_s"] - (b["wall_s"] - b["op_s"])) < 1e-12
   assert "| gemm |" in op.table({"jax": b})
+
+
+def test_attribute_splits_overlaps():
+  secs, covered = op.attribute([("a", 0.0, 2.0), ("b", 1.0, 3.0), ("a", 5.0, 6.0)])
+  assert secs == {"a": 2.5, "b": 1.5} and covered == 4.0
 
 
 def test_torch_classes_and_subtract():

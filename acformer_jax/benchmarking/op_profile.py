@@ -1,11 +1,12 @@
 """Where the time of a step goes, by op category, on our side (XLA:CPU) and on torch's.
 
 JAX: a ``jax.profiler`` trace of the compiled program. XLA:CPU records one event per
-executed thunk (``args.hlo_module``, ``args.hlo_op``); each op is classified, and its FLOPs
-counted, from the optimised HLO text (``Compiled.as_text()``). torch: ``torch.profiler``
-self CPU time per aten op, FLOPs from ``with_flops``. Both sides share :data:`CATEGORIES`;
-control-flow ops (``while``, ``conditional``, ``call``) are left out of the sums because
-the ops inside them have their own events. Used by ``bench torch --profile DIR``.
+executed op (thunk: ``args.hlo_module``, ``args.hlo_op``, and an ``end:`` event when an
+asynchronous one finishes); each op is classified, and its FLOPs counted, from the
+optimised HLO text (``Compiled.as_text()``). Ops may overlap, so wall time is split among
+the ops running at each instant (:func:`attribute`). torch: ``torch.profiler`` self CPU
+time per aten op (ops run one at a time on the calling thread), FLOPs from ``with_flops``.
+Both sides share :data:`CATEGORIES`. Used by ``bench torch --profile DIR``.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import math
 import os
 import re
 import time
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 CATEGORIES = ("gemm", "conv", "attention", "elementwise", "data_movement", "optimizer",
               "collective", "framework", "other")
@@ -201,33 +202,76 @@ def trace_file(trace_dir: str) -> str:
   return files[-1]
 
 
-def op_events(path: str) -> List[Tuple[str, str, float]]:
-  """``(hlo_module, hlo_op, seconds)`` of every executed-op event of a trace."""
+def op_events(path: str) -> List[Tuple[str, str, float, float]]:
+  """``(hlo_module, hlo_op, start s, end s)`` of every executed op of a trace.
+
+  XLA:CPU's event for an op covers only its launch when the op runs asynchronously (dots
+  and convolutions on the intra-op pool); such an op ends with the next ``end: <op>`` event.
+  """
   with gzip.open(path, "rt") as f:
-    events = json.load(f)["traceEvents"]
-  return [(e["args"]["hlo_module"], e["args"]["hlo_op"], e.get("dur", 0.0) * 1e-6)
-          for e in events if e.get("ph") == "X" and "hlo_op" in e.get("args", {})]
+    events = sorted((e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"),
+                    key=lambda e: e["ts"])
+  ends = collections.defaultdict(list)
+  for e in events:
+    if e["name"].startswith("end: "):
+      ends[e["name"][5:]].append(e["ts"] + e.get("dur", 0.0))
+  out, used = [], collections.Counter()
+  for e in events:
+    if "hlo_op" not in e.get("args", {}):
+      continue
+    op, start = e["args"]["hlo_op"], e["ts"]
+    end, queue = start + e.get("dur", 0.0), ends[op]
+    while used[op] < len(queue) and queue[used[op]] < start:
+      used[op] += 1  # an end whose start is not in the trace
+    if used[op] < len(queue):
+      end = max(end, queue[used[op]])
+      used[op] += 1
+    out.append((e["args"]["hlo_module"], op, start * 1e-6, end * 1e-6))
+  return out
 
 
-def jax_breakdown(events: Iterable[Tuple[str, str, float]], tables: Mapping[str, Mapping],
+def attribute(intervals: Sequence[Tuple[str, float, float]]) -> Tuple[Dict[str, float], float]:
+  """Splits wall time among ``(key, start, end)`` intervals: each instant goes in equal
+  parts to the intervals open then. Returns seconds per key and the time covered."""
+  points = sorted([(a, 1, i) for i, (_, a, _) in enumerate(intervals)]
+                  + [(b, -1, i) for i, (_, _, b) in enumerate(intervals)],
+                  key=lambda p: (p[0], p[1]))
+  secs, active, last, covered = collections.Counter(), set(), 0.0, 0.0
+  for t, kind, i in points:
+    if active and t > last:
+      for j in active:
+        secs[intervals[j][0]] += (t - last) / len(active)
+      covered += t - last
+    last = t
+    if kind == 1:
+      active.add(i)
+    else:
+      active.discard(i)
+  return dict(secs), covered
+
+
+def jax_breakdown(events: Iterable[Tuple[str, str, float, float]], tables: Mapping[str, Mapping],
                   *, per: float = 1.0) -> Dict:
-  """Seconds and FLOPs per category of the events whose module is in ``tables`` (module
-  name -> :func:`hlo_op_table`), divided by ``per`` (e.g. steps in the trace). ``loop_s``:
-  the time of the ``while`` ops (their wall time, the ops inside included);
-  ``unmatched_s``: events whose op the tables lack (counted as ``other``)."""
-  secs = collections.Counter()
-  flops = collections.Counter()
-  unmatched, loops = 0.0, 0.0
-  for mod, op, dur in events:
+  """Wall seconds (:func:`attribute`) and FLOPs per category of the ops of the modules in
+  ``tables`` (module name -> :func:`hlo_op_table`), divided by ``per`` (e.g. the steps in
+  the trace). Control ops (``while`` ...) are left out: the ops inside have their own
+  events. ``span_s``: first op start to last op end; ``idle_s``: the part of the span with
+  no op running; ``unmatched_s``: ops the tables lack (counted as ``other``)."""
+  rows, flops, unmatched = [], collections.Counter(), 0.0
+  for mod, op, a, b in events:
     if mod not in tables:
       continue
-    row = tables[mod].get(op, {"category": "other", "flops": 0.0, "opcode": "?"})
-    unmatched += dur if op not in tables[mod] else 0.0
-    loops += dur if row["opcode"] == "while" else 0.0
-    if row["category"] != "control":  # the ops inside have their own events
-      secs[row["category"]] += dur
+    row = tables[mod].get(op)
+    if row is None:
+      unmatched += b - a
+      row = {"category": "other", "flops": 0.0}
+    if row["category"] != "control":
+      rows.append((row["category"], a, b))
       flops[row["category"]] += row["flops"]
-  return _finish(secs, flops, per, unmatched_s=unmatched / per, loop_s=loops / per)
+  secs, covered = attribute(rows)
+  span = max(b for _, _, b in rows) - min(a for _, a, _ in rows) if rows else 0.0
+  return _finish(secs, flops, per, unmatched_s=unmatched / per, span_s=span / per,
+                 idle_s=(span - covered) / per)
 
 
 # ------------------------------------------------------------------------------- torch
@@ -324,6 +368,15 @@ def trace_torch(fn: Callable[[], object]) -> Tuple[List, float]:
     fn()
     wall = time.perf_counter() - t
   return torch_events(prof), wall
+
+
+def save_hlo(directory: str, texts: Iterable[str]) -> str:
+  """Writes each HLO module text to ``directory/<module>.hlo.txt``; returns ``directory``."""
+  os.makedirs(directory, exist_ok=True)
+  for text in texts:
+    with open(os.path.join(directory, module_name(text) + ".hlo.txt"), "w") as f:
+      f.write(text)
+  return directory
 
 
 @contextlib.contextmanager

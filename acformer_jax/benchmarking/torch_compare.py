@@ -128,7 +128,7 @@ def _profile_train(ours, theirs, directory: str) -> Dict:
   """One traced train step per side, by op category (:mod:`op_profile`)."""
   from acformer_jax.benchmarking import op_profile as op  # pylint: disable=import-outside-toplevel
   text = ours.compiled.as_text()
-  events, wall = op.trace_jax(ours.run, os.path.join(directory, "jax_train"))
+  events, wall = op.trace_jax(ours.run, op.save_hlo(os.path.join(directory, "jax_train"), [text]))
   jax_b = op.with_wall(op.jax_breakdown(events, {op.module_name(text): op.hlo_op_table(text)}),
                        wall)
   events, wall = op.trace_torch(theirs)
@@ -137,17 +137,19 @@ def _profile_train(ours, theirs, directory: str) -> Dict:
 
 def _profile_decode(engine, jax_gen, torch_gen, n: int, directory: str, batch: int) -> Dict:
   """One decode step (producing ``batch`` tokens) per side: ours from the ops of the decode
-  loop (its ``while`` op gives the wall time), transformers' as ``generate(n)`` minus
+  loop (wall: its first op to its last), transformers' as ``generate(n)`` minus
   ``generate(1)`` over ``n - 1`` steps (prefill and the first token cancel)."""
   from acformer_jax.benchmarking import op_profile as op  # pylint: disable=import-outside-toplevel
   if n < 2:
     raise ValueError("profiling a decode step needs new_tokens >= 2")
   texts = {}
+  trace_dir = os.path.join(directory, f"jax_decode_b{batch}")
   with op.capture_hlo(engine.programs, "decode", texts):
-    events, _ = op.trace_jax(jax_gen, os.path.join(directory, f"jax_decode_b{batch}"))
+    events, _ = op.trace_jax(jax_gen, trace_dir)
+  op.save_hlo(trace_dir, texts.values())
   tables = {name: op.hlo_op_table(t) for name, t in texts.items()}
   jax_b = op.jax_breakdown(events, tables, per=n - 1)
-  jax_b = op.with_wall(jax_b, jax_b["loop_s"])
+  jax_b = op.with_wall(jax_b, jax_b["span_s"])
   (full, wall_n), (one, wall_1) = op.trace_torch(torch_gen), op.trace_torch(lambda: torch_gen(1))
   torch_b = op.subtract(op.with_wall(op.torch_breakdown(full), wall_n),
                         op.with_wall(op.torch_breakdown(one), wall_1), n - 1)
