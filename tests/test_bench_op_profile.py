@@ -54,6 +54,8 @@ def test_trace_breakdown_matches_every_event(tmp_path):
   assert b["flops"]["gemm"] == 2 * 2 * 64 * 48 * 32 and b["flops_per_s"]["gemm"] > 0
   assert abs(b["untraced_s"] - (b["wall_s"] - b["op_s"])) < 1e-12
   assert "| gemm |" in op.table({"jax": b})
+  assert any(t["op"] == "dot (batched)" or t["category"] == "gemm" for t in b["top"])
+  assert "jax: " in op.top_table({"jax": b})
 
 
 def test_attribute_splits_overlaps():
@@ -75,3 +77,5 @@ def test_torch_classes_and_subtract():
   d = op.subtract(op.with_wall(full, 5.0), op.with_wall(one, 1.0), 2)
   assert d["seconds"] == {"gemm": 1.0, "elementwise": 0.5} and d["wall_s"] == 2.0
   assert d["flops_per_s"]["gemm"] == 2e9
+  assert full["top"][0] == {"op": "aten::mm", "category": "gemm", "s": 3.0, "gflop_per_s": 2.0}
+  assert d["top"][0]["op"] == "aten::mm" and d["top"][0]["s"] == 1.0

@@ -114,6 +114,11 @@ def instruction_flops(ins: Dict, shapes: Mapping[str, str]) -> float:
   return 0.0
 
 
+def _batched(ins: Dict) -> bool:
+  """A dot with batch dimensions (here: attention scores and their products with V)."""
+  return ins["opcode"] == "dot" and bool(_attr_ints(ins["attrs"], "lhs_batch_dims"))
+
+
 def _called(ins: Dict) -> List[str]:
   return re.findall(r"(?:calls|to_apply|body|condition|branch_computations)=\{?%?([\w.\-]+)",
                     ins["attrs"])
@@ -174,15 +179,14 @@ def hlo_op_table(text: str) -> Dict[str, Dict]:
       continue
     shapes = {i["name"]: i["shape"] for i in comp}
     for ins in comp:
+      inner, flops, batched = set(), instruction_flops(ins, shapes), _batched(ins)
       if ins["opcode"] == "fusion":
-        inner, flops = set(), 0.0
         for c in _called(ins):
           o, f = _contents(comps, c)
           inner |= o
           flops += f
-      else:
-        inner, flops = set(), instruction_flops(ins, shapes)
-      table[ins["name"]] = {"opcode": ins["opcode"], "flops": flops,
+          batched = batched or any(_batched(i) for i in comps.get(c, []))
+      table[ins["name"]] = {"opcode": ins["opcode"], "flops": flops, "batched": batched,
                             "category": classify_hlo(ins["opcode"], inner, ins["attrs"])}
   return table
 
@@ -257,21 +261,29 @@ def jax_breakdown(events: Iterable[Tuple[str, str, float, float]], tables: Mappi
   the trace). Control ops (``while`` ...) are left out: the ops inside have their own
   events. ``span_s``: first op start to last op end; ``idle_s``: the part of the span with
   no op running; ``unmatched_s``: ops the tables lack (counted as ``other``)."""
-  rows, flops, unmatched = [], collections.Counter(), 0.0
+  rows, unmatched = [], 0.0
   for mod, op, a, b in events:
     if mod not in tables:
       continue
     row = tables[mod].get(op)
     if row is None:
       unmatched += b - a
-      row = {"category": "other", "flops": 0.0}
+      row = {"category": "other", "flops": 0.0, "batched": False}
     if row["category"] != "control":
-      rows.append((row["category"], a, b))
-      flops[row["category"]] += row["flops"]
-  secs, covered = attribute(rows)
+      kind = re.sub(r"\.\d+$", "", op) + (" (batched)" if row["batched"] else "")
+      rows.append(((kind, row["category"], row["flops"]), a, b))
+  by_op, covered = attribute(rows)
+  secs, flops, kind_s, kind_f = (collections.Counter() for _ in range(4))
+  for (kind, cat, _), t in by_op.items():
+    secs[cat] += t
+    kind_s[kind, cat] += t
+  for (kind, cat, fl), _, _ in rows:
+    flops[cat] += fl
+    kind_f[kind, cat] += fl
   span = max(b for _, _, b in rows) - min(a for _, a, _ in rows) if rows else 0.0
   return _finish(secs, flops, per, unmatched_s=unmatched / per, span_s=span / per,
-                 idle_s=(span - covered) / per)
+                 idle_s=(span - covered) / per,
+                 top=_top(kind_s, kind_f, per))
 
 
 # ------------------------------------------------------------------------------- torch
@@ -312,20 +324,38 @@ def torch_events(prof) -> List[Tuple[str, float, float]]:
 
 
 def torch_breakdown(events: Iterable[Tuple[str, float, float]], *, per: float = 1.0) -> Dict:
-  secs, flops = collections.Counter(), collections.Counter()
+  """Self seconds and GEMM/conv FLOPs per category, divided by ``per``."""
+  secs, flops, name_s, name_f = (collections.Counter() for _ in range(4))
   for name, dur, fl in events:
     cat = classify_torch(name)
     secs[cat] += dur
+    name_s[name] += dur
     if cat in GEMM_LIKE:
       flops[cat] += fl
-  return _finish(secs, flops, per)
+      name_f[name] += fl
+  return _finish(secs, flops, per, top=_top({(n, classify_torch(n)): t for n, t in name_s.items()},
+                                            {(n, classify_torch(n)): f for n, f in name_f.items()},
+                                            per))
+
+
+def _top(secs: Mapping[Tuple[str, str], float], flops: Mapping[Tuple[str, str], float],
+         per: float, n: int = 12) -> List[Dict]:
+  """The ``n`` ``(op kind, category)`` with the most time: ``{op, category, s, gflop_per_s}``."""
+  best = sorted(secs, key=lambda k: -secs[k])[:n]
+  return [{"op": k[0], "category": k[1], "s": secs[k] / per,
+           "gflop_per_s": flops.get(k, 0.0) / secs[k] / 1e9 if flops.get(k) and secs[k] > 0
+           else None} for k in best]
 
 
 def subtract(a: Dict, b: Dict, per: float) -> Dict:
   """``(a - b) / per`` of two breakdowns (e.g. generate n tokens minus generate 1)."""
   secs = {c: (a["seconds"].get(c, 0.0) - b["seconds"].get(c, 0.0)) for c in CATEGORIES}
   flops = {c: (a["flops"].get(c, 0.0) - b["flops"].get(c, 0.0)) for c in CATEGORIES}
-  out = _finish(secs, flops, per)
+  sub = lambda x, y: x - (y or 0.0)  # noqa: E731
+  b_top = {t["op"]: t["s"] for t in b.get("top", [])}
+  top = [{**t, "s": sub(t["s"], b_top.get(t["op"])) / per, "gflop_per_s": None}
+         for t in a.get("top", [])]
+  out = _finish(secs, flops, per, top=sorted(top, key=lambda t: -t["s"]))
   if "wall_s" in a and "wall_s" in b:
     out["wall_s"] = (a["wall_s"] - b["wall_s"]) / per
   return out
@@ -425,6 +455,17 @@ def table(columns: Mapping[str, Dict]) -> str:
       lines.append(f"| {c} GFLOP/s | " + " | ".join(
           f"{columns[n]['flops_per_s'][c] / 1e9:.1f}" if c in columns[n]["flops_per_s"] else "-"
           for n in names) + " |")
+  return "\n".join(lines)
+
+
+def top_table(columns: Mapping[str, Dict]) -> str:
+  """Markdown: the ops with the most time on each side (``name: op (category) time``)."""
+  lines = []
+  for name, b in columns.items():
+    items = [f"{t['op']} ({t['category']}) {_ms(t['s'])}"
+             + (f", {t['gflop_per_s']:.1f} GFLOP/s" if t.get("gflop_per_s") else "")
+             for t in b.get("top", [])[:8]]
+    lines.append(f"* {name}: " + "; ".join(items))
   return "\n".join(lines)
 
 

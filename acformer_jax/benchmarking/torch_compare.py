@@ -159,10 +159,12 @@ def _profile_decode(engine, jax_gen, torch_gen, n: int, directory: str, batch: i
 def _report_profile(prof: Dict, directory: str) -> None:
   from acformer_jax.benchmarking import op_profile as op  # pylint: disable=import-outside-toplevel
   parts = ["train step (one step, op self time; share of all ops)",
-           op.table({"jax": prof["train"]["jax"], "torch": prof["train"]["torch"]})]
+           op.table({"jax": prof["train"]["jax"], "torch": prof["train"]["torch"]}),
+           op.top_table({"jax": prof["train"]["jax"], "torch": prof["train"]["torch"]})]
   for d in prof.get("decode", []):
     parts += [f"decode step, batch {d['batch']} (per step of the loop)",
-              op.table({"jax": d["jax"], "torch": d["torch"]})]
+              op.table({"jax": d["jax"], "torch": d["torch"]}),
+              op.top_table({"jax": d["jax"], "torch": d["torch"]})]
   text = "\n\n".join(parts)
   print(text)
   os.makedirs(directory, exist_ok=True)
