@@ -125,7 +125,8 @@ def _called(ins: Dict) -> List[str]:
 
 
 def _contents(comps, name: str, seen=None) -> Tuple[set, float]:
-  """Opcodes and dot/conv FLOPs of computation ``name`` and what it calls."""
+  """Opcodes (of non-scalar values) and dot/conv FLOPs of computation ``name`` and what it
+  calls."""
   seen = set() if seen is None else seen
   if name in seen or name not in comps:
     return set(), 0.0
@@ -133,7 +134,8 @@ def _contents(comps, name: str, seen=None) -> Tuple[set, float]:
   shapes = {i["name"]: i["shape"] for i in comps[name]}
   ops, flops = set(), 0.0
   for ins in comps[name]:
-    ops.add(ins["opcode"])
+    if dims(ins["shape"]) or ins["shape"].startswith("("):  # scalar index maths: ignored
+      ops.add(ins["opcode"])
     flops += instruction_flops(ins, shapes)
     for c in _called(ins):
       o, f = _contents(comps, c, seen)
