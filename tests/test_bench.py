@@ -168,7 +168,7 @@ def test_torch_smoke(capsys, tmp_path):
     assert prof["train"][side]["op_s"] > 0 and prof["train"][side]["flops"]["gemm"] > 0
     assert prof["decode"][0][side]["wall_s"] > 0
   assert prof["train"]["jax"]["unmatched_s"] == 0.0 and prof["decode"][0]["batch"] == 2
-  assert "| gemm |" in (tmp_path / "profile.md").read_text()
+  assert "| gemm |" in (tmp_path / "profile.txt").read_text()
   assert res["max_logit_diff"] < 1e-4
   assert res["train"]["speedup"] > 0 and res["train"]["seq_len"] == 1 + 16 + 8
   (dec,) = res["decode"]

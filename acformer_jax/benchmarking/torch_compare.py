@@ -168,7 +168,7 @@ def _report_profile(prof: Dict, directory: str) -> None:
   text = "\n\n".join(parts)
   print(text)
   os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, "profile.md"), "w") as f:
+  with open(os.path.join(directory, "profile.txt"), "w") as f:
     f.write(text + "\n")
   with open(os.path.join(directory, "profile.json"), "w") as f:
     json.dump(prof, f, indent=1, default=float)
