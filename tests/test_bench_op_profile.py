@@ -15,8 +15,8 @@ def _f(a, b, img, ker):
 
 def _args():
   r = np.random.default_rng(0)
-  return (r.standard_normal((2, 64, 32), np.float32), r.standard_normal((2, 32, 48), np.float32),
-          r.standard_normal((1, 16, 16, 3), np.float32), r.standard_normal((3, 3, 3, 8), np.float32))
+  shapes = ((2, 64, 32), (2, 32, 48), (1, 16, 16, 3), (3, 3, 3, 8))
+  return tuple(r.standard_normal(s, np.float32) for s in shapes)
 
 
 def test_hlo_table_counts_gemm_and_conv_flops():
