@@ -7,6 +7,7 @@ Usage::
   python -m acformer_jax.bench packing --config configs/bench_packing.py [--reps 3] [--json FILE|-]
   python -m acformer_jax.bench mfu --config configs/bench_cpu_stage1.py [--connectors acformer144]
   python -m acformer_jax.bench torch [--preset small] [--decode_batches 1,8] [--json FILE|-]
+      [--profile DIR]
   python -m acformer_jax.bench plot --speed speed.json --accuracy acc.json --out fig1.png
 
 Connectors are presets (``mlp2x_gelu``, ``acformer64/144/256``), types (``acformer`` keeps
@@ -97,6 +98,9 @@ flags.DEFINE_bool("bf16", True, "mfu: also measure a bfloat16 matmul.", flag_val
 flags.DEFINE_enum("preset", "small", ["small", "tiny"], "torch: model preset.", flag_values=FLAGS)
 flags.DEFINE_integer("decode_reps", 3, "torch: timed repetitions of generate.", flag_values=FLAGS)
 flags.DEFINE_string("decode_batches", "1,8", "torch: generation batch sizes.", flag_values=FLAGS)
+flags.DEFINE_string("profile", None, "torch: also trace one train step and one decode step "
+                    "per side and write op-category tables and traces to this directory.",
+                    flag_values=FLAGS)
 flags.DEFINE_integer("threads", 0, "torch: torch threads (0: all cores).", flag_values=FLAGS)
 flags.DEFINE_string("speed", None, "plot: JSON written by `bench speed --json FILE`.",
                     flag_values=FLAGS)

@@ -158,11 +158,17 @@ def test_timing_interleaves_and_summarizes():
   assert s["median_s"] == 2.5 and s["quiet_median_s"] == 2.0 and s["quiet_samples"] == 3
 
 
-def test_torch_smoke(capsys):
+def test_torch_smoke(capsys, tmp_path):
   pytest.importorskip("transformers")
   assert bench.main(["torch", "--preset", "tiny", "--reps", "1", "--decode_reps", "1",
-                     "--decode_batches", "2", "--json", "-"]) == 0
+                     "--decode_batches", "2", "--json", "-", "--profile", str(tmp_path)]) == 0
   res = _last_json(capsys.readouterr().out)
+  prof = json.loads((tmp_path / "profile.json").read_text())
+  for side in ("jax", "torch"):  # the ops of one step, by category, GEMM FLOPs counted
+    assert prof["train"][side]["op_s"] > 0 and prof["train"][side]["flops"]["gemm"] > 0
+    assert prof["decode"][0][side]["wall_s"] > 0
+  assert prof["train"]["jax"]["unmatched_s"] == 0.0 and prof["decode"][0]["batch"] == 2
+  assert "| gemm |" in (tmp_path / "profile.txt").read_text()
   assert res["max_logit_diff"] < 1e-4
   assert res["train"]["speedup"] > 0 and res["train"]["seq_len"] == 1 + 16 + 8
   (dec,) = res["decode"]

@@ -18,6 +18,7 @@ Presets: ``small`` is the LLaVA step of ``docs/environment.md`` section 4; ``tin
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 from typing import Dict
@@ -123,6 +124,56 @@ def _logit_diff(hf, model, params, ids, pixels) -> float:
   return float(np.max(np.abs(np.asarray(ours) - ref.numpy())))
 
 
+def _profile_train(ours, theirs, directory: str) -> Dict:
+  """One traced train step per side, by op category (:mod:`op_profile`)."""
+  from acformer_jax.benchmarking import op_profile as op  # pylint: disable=import-outside-toplevel
+  text = ours.compiled.as_text()
+  events, wall = op.trace_jax(ours.run, op.save_hlo(os.path.join(directory, "jax_train"), [text]))
+  jax_b = op.with_wall(op.jax_breakdown(events, {op.module_name(text): op.hlo_op_table(text)}),
+                       wall)
+  events, wall = op.trace_torch(theirs)
+  return {"jax": jax_b, "torch": op.with_wall(op.torch_breakdown(events), wall)}
+
+
+def _profile_decode(engine, jax_gen, torch_gen, n: int, directory: str, batch: int) -> Dict:
+  """One decode step (producing ``batch`` tokens) per side: ours from the ops of the decode
+  loop (wall: its first op to its last), transformers' as ``generate(n)`` minus
+  ``generate(1)`` over ``n - 1`` steps (prefill and the first token cancel)."""
+  from acformer_jax.benchmarking import op_profile as op  # pylint: disable=import-outside-toplevel
+  if n < 2:
+    raise ValueError("profiling a decode step needs new_tokens >= 2")
+  texts = {}
+  trace_dir = os.path.join(directory, f"jax_decode_b{batch}")
+  with op.capture_hlo(engine.programs, "decode", texts):
+    events, _ = op.trace_jax(jax_gen, trace_dir)
+  op.save_hlo(trace_dir, texts.values())
+  tables = {name: op.hlo_op_table(t) for name, t in texts.items()}
+  jax_b = op.jax_breakdown(events, tables, per=n - 1)
+  jax_b = op.with_wall(jax_b, jax_b["span_s"])
+  (full, wall_n), (one, wall_1) = op.trace_torch(torch_gen), op.trace_torch(lambda: torch_gen(1))
+  torch_b = op.subtract(op.with_wall(op.torch_breakdown(full), wall_n),
+                        op.with_wall(op.torch_breakdown(one), wall_1), n - 1)
+  return {"jax": jax_b, "torch": op.with_wall(torch_b, torch_b["wall_s"])}
+
+
+def _report_profile(prof: Dict, directory: str) -> None:
+  from acformer_jax.benchmarking import op_profile as op  # pylint: disable=import-outside-toplevel
+  parts = ["train step (one step, op self time; share of all ops)",
+           op.table({"jax": prof["train"]["jax"], "torch": prof["train"]["torch"]}),
+           op.top_table({"jax": prof["train"]["jax"], "torch": prof["train"]["torch"]})]
+  for d in prof.get("decode", []):
+    parts += [f"decode step, batch {d['batch']} (per step of the loop)",
+              op.table({"jax": d["jax"], "torch": d["torch"]}),
+              op.top_table({"jax": d["jax"], "torch": d["torch"]})]
+  text = "\n\n".join(parts)
+  print(text)
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, "profile.txt"), "w") as f:
+    f.write(text + "\n")
+  with open(os.path.join(directory, "profile.json"), "w") as f:
+    json.dump(prof, f, indent=1, default=float)
+
+
 def run(args) -> Dict:
   import torch  # pylint: disable=import-outside-toplevel
   from acformer_jax.benchmarking import timing, workload  # pylint: disable=import-outside-toplevel
@@ -163,6 +214,9 @@ def run(args) -> Dict:
                    "speedup_best_each": min(med["torch_train"], med["torch_stock"]) / med["jax_train"],
                    # unequal work: stock transformers computes the head on every position
                    "speedup_vs_stock_full_head": med["torch_stock"] / med["jax_train"]}}
+  prof = {} if args.profile else None
+  if prof is not None:
+    prof["train"] = _profile_train(ours, theirs, args.profile)
   del ours
   hf.load_state_dict(initial)  # undo the timed AdamW updates: decode the converted weights
   hf.eval()
@@ -187,6 +241,9 @@ def run(args) -> Dict:
     r = timing.interleaved({"jax": jax_gen, "torch": torch_gen, "jax_1": lambda: jax_gen(1),
                             "torch_1": lambda: torch_gen(1)}, reps=args.decode_reps,
                            warmup=1, log=log, quiet_wait_s=args.quiet_wait)
+    if prof is not None:
+      prof.setdefault("decode", []).append(
+          {"batch": b, **_profile_decode(engine, jax_gen, torch_gen, n_new, args.profile, b)})
     ours_tok = np.array([x.tokens for x in got["jax", n_new]])
     ref_tok = got["torch", n_new][:, p_ids.shape[1]:].numpy()
     med = {k: v["median_s"] for k, v in r.items()}
@@ -204,6 +261,9 @@ def run(args) -> Dict:
         "greedy_token_agreement": float(np.mean(ours_tok == ref_tok)),
         "jax": r["jax"], "torch": r["torch"], "jax_1_token": r["jax_1"],
         "torch_1_token": r["torch_1"]})
+  if prof is not None:
+    out["profile"] = prof
+    _report_profile(prof, args.profile)
   tr = out["train"]
   print(f"train step ({pr['batch']} x {ids.shape[1]}), same work (LM head on the {pr['text']} "
         f"supervised positions per row on both sides): jax {tr['jax']['median_s']:.3f} s, "
