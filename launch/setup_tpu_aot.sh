@@ -19,9 +19,10 @@ while (( $# )); do
 done
 cd "$(repo_root)"
 
-# Versions from requirements.txt; the train step needs no torch/transformers/tfds.
+# Versions from requirements.txt; the train step needs no torch/transformers/tfds (sentencepiece:
+# the tiny test configs' demo tokenizer).
 PINS=("jax[tpu]==$ACFORMER_JAX_VERSION")
-for pkg in flax optax orbax-checkpoint ml_collections absl-py numpy pillow pytest; do
+for pkg in flax optax orbax-checkpoint ml_collections absl-py numpy pillow pytest sentencepiece; do
   line=$(grep -iE "^${pkg}==" requirements.txt) || die "requirements.txt has no pin for $pkg"
   PINS+=("$line")
 done

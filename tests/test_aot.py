@@ -135,5 +135,6 @@ def test_setup_tpu_aot_script_help_and_dry_run():
   reqs = dict(l.split("==") for l in (ROOT / "requirements.txt").read_text().splitlines() if "==" in l)
   assert f"jax[tpu]=={reqs['jax']}" in install and f"flax=={reqs['flax']}" in install
   assert f"orbax-checkpoint=={reqs['orbax-checkpoint']}" in install
+  assert f"sentencepiece=={reqs['sentencepiece']}" in install  # the tiny configs' tokenizer
   bad = subprocess.run(["bash", script, "--bogus"], capture_output=True, text=True, timeout=60)
   assert bad.returncode == 2 and "--bogus" in bad.stderr
