@@ -235,8 +235,12 @@ def test_local_multiprocess_failure_stops_the_others(tmp_path):
 
 def test_local_multiprocess_ctrl_c_stops_all(tmp_path):
   py, env = _fake_python(tmp_path, "sleep 60")
+  # Started as from a terminal, SIGINT at its default: a library imported earlier in this test
+  # process can leave SIGINT ignored, a child inherits that, and bash cannot trap a signal that
+  # was ignored when it started (the launcher then never sees the Ctrl-C).
   proc = subprocess.Popen(["bash", str(LAUNCH / "local_multiprocess.sh"), "2", "--python", str(py), "--log-dir",
-                           str(tmp_path / "logs")], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                           str(tmp_path / "logs")], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   for _ in range(100):
     if len(list((tmp_path / "pids").iterdir())) == 2:
       break
