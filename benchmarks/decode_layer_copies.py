@@ -49,7 +49,7 @@ def main() -> None:
   ap.add_argument("--out", default="/tmp/decode_layer_copies")
   args = ap.parse_args()
   bench.apply_xla_flags(bench.CPU_XLA_FLAGS)  # as `bench torch`
-  from acformer_jax.benchmarking import op_profile as op, torch_compare as tc  # pylint: disable=import-outside-toplevel
+  from acformer_jax.benchmarking import hlo_ops, op_profile as op, torch_compare as tc  # pylint: disable=import-outside-toplevel
   from acformer_jax.inference.engine import Engine, Request  # pylint: disable=import-outside-toplevel
   pr, patches, model, params = _model_and_params()
   variants = {"scan": model,
@@ -69,7 +69,7 @@ def main() -> None:
       with op.capture_hlo(e.programs, "decode", texts):
         events, _ = op.trace_jax(lambda e=e: e.generate(reqs, max_new_tokens=n, eos_token_id=-1),
                                  os.path.join(args.out, f"{k}_b{b}"))
-      br = op.jax_breakdown(events, {m: op.hlo_op_table(t) for m, t in texts.items()}, per=n - 1)
+      br = op.jax_breakdown(events, {m: hlo_ops.hlo_op_table(t) for m, t in texts.items()}, per=n - 1)
       print(f"batch {b}, {k}: decode-only {b / step[k]:.1f} tok/s\n"
             + op.table({k: op.with_wall(br, br["span_s"])}) + "\n" + op.top_table({k: br}),
             flush=True)

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from acformer_jax.benchmarking import op_profile as op
+from acformer_jax.benchmarking import hlo_ops, op_profile as op
 
 
 def _f(a, b, img, ker):
@@ -21,24 +21,24 @@ def _args():
 
 def test_hlo_table_counts_gemm_and_conv_flops():
   text = jax.jit(_f).lower(*_args()).compile().as_text()
-  table = op.hlo_op_table(text)
+  table = hlo_ops.hlo_op_table(text)
   by_cat = {}
   for row in table.values():
     by_cat[row["category"]] = by_cat.get(row["category"], 0.0) + row["flops"]
   assert by_cat["gemm"] == 2 * 2 * 64 * 48 * 32  # batch 2, [64, 32] x [32, 48]
   assert by_cat["conv"] == 2 * (7 * 7 * 8) * (3 * 3 * 3)
-  assert op.module_name(text) == "jit__f"
+  assert hlo_ops.module_name(text) == "jit__f"
 
 
 def test_parse_instruction_and_classify():
-  ins = op.parse_instruction("  ROOT %w.1 = (s32[], f32[2,3]{1,0}) while(%t), condition=%c, "
+  ins = hlo_ops.parse_instruction("  ROOT %w.1 = (s32[], f32[2,3]{1,0}) while(%t), condition=%c, "
                              "body=%b")
   assert ins["name"] == "w.1" and ins["opcode"] == "while" and ins["operands"] == ["t"]
-  assert op.classify_hlo("while") == "control"
-  assert op.classify_hlo("fusion", {"parameter", "transpose", "copy"}) == "data_movement"
-  assert op.classify_hlo("fusion", {"parameter", "exp", "reduce"}) == "elementwise"
-  assert op.classify_hlo("all-reduce-start") == "collective"
-  assert op.dims("f32[4,704,512]{2,1,0}") == [4, 704, 512] and op.dims("f32[]") == []
+  assert hlo_ops.classify_hlo("while") == "control"
+  assert hlo_ops.classify_hlo("fusion", {"parameter", "transpose", "copy"}) == "data_movement"
+  assert hlo_ops.classify_hlo("fusion", {"parameter", "exp", "reduce"}) == "elementwise"
+  assert hlo_ops.classify_hlo("all-reduce-start") == "collective"
+  assert hlo_ops.dims("f32[4,704,512]{2,1,0}") == [4, 704, 512] and hlo_ops.dims("f32[]") == []
 
 
 def test_trace_breakdown_matches_every_event(tmp_path):
@@ -48,7 +48,7 @@ def test_trace_breakdown_matches_every_event(tmp_path):
   jax.block_until_ready(compiled(*args))
   events, wall = op.trace_jax(lambda: jax.block_until_ready(compiled(*args)), str(tmp_path))
   assert events and wall > 0
-  b = op.with_wall(op.jax_breakdown(events, {op.module_name(text): op.hlo_op_table(text)}), wall)
+  b = op.with_wall(op.jax_breakdown(events, {hlo_ops.module_name(text): hlo_ops.hlo_op_table(text)}), wall)
   assert b["unmatched_s"] == 0.0 and b["op_s"] > 0 and "gemm" in b["seconds"]
   assert b["op_s"] + b["idle_s"] <= b["span_s"] * (1 + 1e-9) and b["span_s"] <= wall
   assert b["flops"]["gemm"] == 2 * 2 * 64 * 48 * 32 and b["flops_per_s"]["gemm"] > 0

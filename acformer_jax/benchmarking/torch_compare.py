@@ -126,10 +126,10 @@ def _logit_diff(hf, model, params, ids, pixels) -> float:
 
 def _profile_train(ours, theirs, directory: str) -> Dict:
   """One traced train step per side, by op category (:mod:`op_profile`)."""
-  from acformer_jax.benchmarking import op_profile as op  # pylint: disable=import-outside-toplevel
+  from acformer_jax.benchmarking import hlo_ops, op_profile as op  # pylint: disable=import-outside-toplevel
   text = ours.compiled.as_text()
   events, wall = op.trace_jax(ours.run, op.save_hlo(os.path.join(directory, "jax_train"), [text]))
-  jax_b = op.with_wall(op.jax_breakdown(events, {op.module_name(text): op.hlo_op_table(text)}),
+  jax_b = op.with_wall(op.jax_breakdown(events, {hlo_ops.module_name(text): hlo_ops.hlo_op_table(text)}),
                        wall)
   events, wall = op.trace_torch(theirs)
   return {"jax": jax_b, "torch": op.with_wall(op.torch_breakdown(events), wall)}
@@ -139,7 +139,7 @@ def _profile_decode(engine, jax_gen, torch_gen, n: int, directory: str, batch: i
   """One decode step (producing ``batch`` tokens) per side: ours from the ops of the decode
   loop (wall: its first op to its last), transformers' as ``generate(n)`` minus
   ``generate(1)`` over ``n - 1`` steps (prefill and the first token cancel)."""
-  from acformer_jax.benchmarking import op_profile as op  # pylint: disable=import-outside-toplevel
+  from acformer_jax.benchmarking import hlo_ops, op_profile as op  # pylint: disable=import-outside-toplevel
   if n < 2:
     raise ValueError("profiling a decode step needs new_tokens >= 2")
   texts = {}
@@ -147,7 +147,7 @@ def _profile_decode(engine, jax_gen, torch_gen, n: int, directory: str, batch: i
   with op.capture_hlo(engine.programs, "decode", texts):
     events, _ = op.trace_jax(jax_gen, trace_dir)
   op.save_hlo(trace_dir, texts.values())
-  tables = {name: op.hlo_op_table(t) for name, t in texts.items()}
+  tables = {name: hlo_ops.hlo_op_table(t) for name, t in texts.items()}
   jax_b = op.jax_breakdown(events, tables, per=n - 1)
   jax_b = op.with_wall(jax_b, jax_b["span_s"])
   (full, wall_n), (one, wall_1) = op.trace_torch(torch_gen), op.trace_torch(lambda: torch_gen(1))
@@ -157,7 +157,7 @@ def _profile_decode(engine, jax_gen, torch_gen, n: int, directory: str, batch: i
 
 
 def _report_profile(prof: Dict, directory: str) -> None:
-  from acformer_jax.benchmarking import op_profile as op  # pylint: disable=import-outside-toplevel
+  from acformer_jax.benchmarking import hlo_ops, op_profile as op  # pylint: disable=import-outside-toplevel
   parts = ["train step (one step, op self time; share of all ops)",
            op.table({"jax": prof["train"]["jax"], "torch": prof["train"]["torch"]}),
            op.top_table({"jax": prof["train"]["jax"], "torch": prof["train"]["torch"]})]
