@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import statistics
 import tempfile
-import time
 
 from acformer_jax import bench
 
@@ -30,16 +28,14 @@ def _model_and_params():
   return pr, patches, model, params
 
 
-def _decode_only(engine, reqs, n: int, reps: int) -> float:
-  """Seconds per decode step: (generate n - generate 1) / (n - 1), medians of ``reps``."""
-  t = {m: [] for m in (n, 1)}
-  for _ in range(reps):
-    for m in (n, 1):
-      start = time.perf_counter()
-      engine.generate(reqs, max_new_tokens=m, eos_token_id=-1)
-      t[m].append(time.perf_counter() - start)
-  step = (statistics.median(t[n]) - statistics.median(t[1])) / (n - 1)
-  return step if step > 0 else float("nan")  # a loaded machine can invert the two
+def _decode_only(engines, reqs, n: int, reps: int) -> dict:
+  """Decode-only tokens/s of each engine, its n-token and 1-token calls interleaved."""
+  from acformer_jax.benchmarking import timing, torch_compare as tc  # pylint: disable=import-outside-toplevel
+  gen = lambda e, m: lambda: e.generate(reqs, max_new_tokens=m, eos_token_id=-1)  # noqa: E731
+  fns = {f"{k}_{m}": gen(e, m) for k, e in engines.items() for m in (n, 1)}
+  med = {k: v["median_s"] for k, v in timing.interleaved(fns, reps=reps, warmup=1).items()}
+  return {k: tc.decode_only_tokens_per_s(len(reqs), n, med[f"{k}_{n}"], med[f"{k}_1"])
+          for k in engines}
 
 
 def main() -> None:
@@ -63,14 +59,14 @@ def main() -> None:
               for k, e in engines.items()}
     if tokens["scan"] != tokens["unrolled"]:
       raise SystemExit("the variants generate different tokens")
-    step = {k: _decode_only(e, reqs, n, args.reps) for k, e in engines.items()}
+    rate = _decode_only(engines, reqs, n, args.reps)
     for k, e in engines.items():
       texts = {}
       with op.capture_hlo(e.programs, "decode", texts):
         events, _ = op.trace_jax(lambda e=e: e.generate(reqs, max_new_tokens=n, eos_token_id=-1),
                                  os.path.join(args.out, f"{k}_b{b}"))
       br = op.jax_breakdown(events, {m: hlo_ops.hlo_op_table(t) for m, t in texts.items()}, per=n - 1)
-      print(f"batch {b}, {k}: decode-only {b / step[k]:.1f} tok/s\n"
+      print(f"batch {b}, {k}: decode-only {rate[k]:.1f} tok/s\n"
             + op.table({k: op.with_wall(br, br["span_s"])}) + "\n" + op.top_table({k: br}),
             flush=True)
 

@@ -73,8 +73,7 @@ cd "$ROOT"
 mkdir -p "$LOG_DIR"
 procs=(); tail_pid=""
 stop_all() {
-  # TERM, then KILL after 5 s; the wait builtin reaps each process (kill -0 would keep seeing
-  # unreaped zombies as alive and poll for the whole grace period).
+  # TERM, then KILL whatever is left after 5 s; returns as soon as every process has exited.
   local p killer
   for p in "${procs[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   ( sleep 5; for p in "${procs[@]}"; do kill -KILL "$p" 2>/dev/null || true; done ) >/dev/null 2>&1 &
@@ -113,8 +112,8 @@ while (( remaining > 0 )); do
       fi
     fi
   done
-  # A foreground sleep can swallow a Ctrl-C that lands while bash waits for it (bash then
-  # assumes the child handled SIGINT); the wait builtin returns at once and runs the trap.
+  # Through the wait builtin, which a trapped signal interrupts: Ctrl-C is handled at once
+  # rather than after the sleep.
   sleep 0.2 & wait $! || true
 done
 wait "$tail_pid" 2>/dev/null || true

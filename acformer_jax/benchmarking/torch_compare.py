@@ -124,6 +124,12 @@ def _logit_diff(hf, model, params, ids, pixels) -> float:
   return float(np.max(np.abs(np.asarray(ours) - ref.numpy())))
 
 
+def decode_only_tokens_per_s(batch: int, n: int, secs_n: float, secs_1: float) -> float:
+  """``batch x (n - 1)`` tokens over the time an ``n``-token call takes beyond a 1-token call
+  (vision, prefill and the first token cancel); NaN where that difference is not positive."""
+  return batch * (n - 1) / (secs_n - secs_1) if n > 1 and secs_n > secs_1 else float("nan")
+
+
 def _profile_train(ours, theirs, directory: str) -> Dict:
   """One traced train step per side, by op category (:mod:`op_profile`)."""
   from acformer_jax.benchmarking import hlo_ops, op_profile as op  # pylint: disable=import-outside-toplevel
@@ -157,7 +163,7 @@ def _profile_decode(engine, jax_gen, torch_gen, n: int, directory: str, batch: i
 
 
 def _report_profile(prof: Dict, directory: str) -> None:
-  from acformer_jax.benchmarking import hlo_ops, op_profile as op  # pylint: disable=import-outside-toplevel
+  from acformer_jax.benchmarking import op_profile as op  # pylint: disable=import-outside-toplevel
   parts = ["train step (one step, op self time; share of all ops)",
            op.table({"jax": prof["train"]["jax"], "torch": prof["train"]["torch"]}),
            op.top_table({"jax": prof["train"]["jax"], "torch": prof["train"]["torch"]})]
@@ -247,8 +253,7 @@ def run(args) -> Dict:
     ours_tok = np.array([x.tokens for x in got["jax", n_new]])
     ref_tok = got["torch", n_new][:, p_ids.shape[1]:].numpy()
     med = {k: v["median_s"] for k, v in r.items()}
-    decode_only = {s: (b * (n_new - 1) / (med[s] - med[s + "_1"])
-                       if n_new > 1 and med[s] > med[s + "_1"] else float("nan"))
+    decode_only = {s: decode_only_tokens_per_s(b, n_new, med[s], med[s + "_1"])
                    for s in ("jax", "torch")}
     out["decode"].append({
         "batch": b, "prompt_len": int(p_ids.shape[1]), "new_tokens": n_new,
