@@ -6,7 +6,15 @@ Renders ``samples`` demo caption scenes (``demo/scenes.py``, 1-4 shapes in a 3x3
 ``size`` px, runs the tower and fits, on 3/4 of the scenes, one linear softmax classifier per
 grid cell on the z-scored patch tokens of the selected block (all patches flattened): the
 cell's colour (5 + empty) and its shape (4 + empty). Prints held-out accuracy over all cells
-and over the occupied cells only. Layer 0 is the main job's random tower (``demo/recipe.tiny``:
+and over the occupied cells only.
+
+A second table looks at one token per object, the patch under the object's centre, after a
+per-token LayerNorm (what ``connector.input_norm`` feeds the connector): a linear probe's
+held-out accuracy for shape and colour, and the share of the token's variance that each
+attribute explains (between-class over total variance, eta squared). A linear probe trained to
+convergence finds even a faint direction; a model trained for a few hundred steps learns first
+what explains most of the variance, so the share predicts which attribute a short run picks up
+(docs/training.md "DINOv2 demo"). Layer 0 is the main job's random tower (``demo/recipe.tiny``:
 patch 7, 64 wide); 1-12 are blocks of the real DINOv2-S/14 in
 ``.assets/dinov2_s14`` (``launch/setup.sh``). A probe over flattened tokens knows each token's
 cell, so it bounds what a connector can extract; it does not show that one will.
@@ -33,19 +41,42 @@ from acformer_jax.models import towers
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def variance_share(x: np.ndarray, labels: np.ndarray) -> float:
+  """Share of the total variance of ``x [n, d]`` explained by the class means of ``labels``."""
+  x = np.asarray(x, np.float64)
+  mean = x.mean(0)
+  total = ((x - mean) ** 2).sum()
+  between = sum((labels == k).sum() * ((x[labels == k].mean(0) - mean) ** 2).sum()
+                for k in np.unique(labels))
+  return float(between / total)
+
+
+def object_tokens(features: np.ndarray, centres: np.ndarray, size: int) -> np.ndarray:
+  """The patch token under each object's centre: ``features [n, g*g, d]`` (row-major patch
+  grid), ``centres [m, 3]`` = (scene index, x, y) in pixels -> ``[m, d]``."""
+  g = int(round(np.sqrt(features.shape[1])))
+  scene, x, y = centres[:, 0].astype(int), centres[:, 1], centres[:, 2]
+  col = np.clip((x * g / size).astype(int), 0, g - 1)
+  row = np.clip((y * g / size).astype(int), 0, g - 1)
+  return features[scene, row * g + col]
+
+
 def scenes_and_labels(n: int, size: int):
-  """Images ``[n,S,S,3]`` in [0,1] and per-cell labels ``colour, shape [n,9]`` (0 = empty)."""
-  images, colours, shapes = [], [], []
-  for s in scenes.generate("caption", "train", n, image_size=size, seed=3):
+  """Images ``[n,S,S,3]`` in [0,1], per-cell labels ``colour, shape [n,9]`` (0 = empty) and
+  one row per object ``[m, 5]``: scene index, centre x, centre y, shape, colour."""
+  images, colours, shapes, objects = [], [], [], []
+  for i, s in enumerate(scenes.generate("caption", "train", n, image_size=size, seed=3)):
     images.append(np.asarray(Image.open(io.BytesIO(s["image"])).convert("RGB"), np.float32) / 255)
     c, h = np.zeros(9, np.int32), np.zeros(9, np.int32)
     for o in s["meta"]["objects"]:
       cell = o["cell"][0] * 3 + o["cell"][1]
       c[cell] = 1 + tuple(scenes.COLORS).index(o["color"])
       h[cell] = 1 + scenes.SHAPES.index(o["shape"])
+      objects.append((i, *o["center"], scenes.SHAPES.index(o["shape"]),
+                      tuple(scenes.COLORS).index(o["color"])))
     colours.append(c)
     shapes.append(h)
-  return np.stack(images), np.stack(colours), np.stack(shapes)
+  return np.stack(images), np.stack(colours), np.stack(shapes), np.asarray(objects, np.float32)
 
 
 def tower_features(images: np.ndarray, layer: int) -> np.ndarray:
@@ -68,12 +99,13 @@ def tower_features(images: np.ndarray, layer: int) -> np.ndarray:
 
 
 def probe(features: np.ndarray, labels: np.ndarray, classes: int, steps: int = 400):
-  """(held-out accuracy over all cells, over occupied cells) of a per-cell linear classifier."""
-  n = len(features)
+  """(held-out accuracy over all cells, over occupied cells) of a linear classifier per column
+  of ``labels [n, cells]`` (class 0 = empty) on the flattened, z-scored ``features [n, ...]``."""
+  n, cells = labels.shape
   f = features.reshape(n, -1)
   split = n * 3 // 4
   f = (f - f[:split].mean(0)) / (f[:split].std(0) + 1e-6)
-  params = (jnp.zeros((f.shape[1], 9, classes)), jnp.zeros((9, classes)))
+  params = (jnp.zeros((f.shape[1], cells, classes)), jnp.zeros((cells, classes)))
   opt = optax.adamw(1e-3, weight_decay=1e-2)
   state = opt.init(params)
   logits = lambda p, x: jnp.einsum("nd,dkc->nkc", x, p[0]) + p[1]  # noqa: E731
@@ -98,9 +130,10 @@ def main():
   ap.add_argument("--size", type=int, default=56)
   ap.add_argument("--layers", default="0,3,6,9")
   args = ap.parse_args()
-  images, colours, shapes = scenes_and_labels(args.samples, args.size)
+  images, colours, shapes, objects = scenes_and_labels(args.samples, args.size)
   print(f"{'tower / block':>22}  {'colour all':>10}  {'occupied':>8}  {'shape all':>9}  "
         f"{'occupied':>8}  {'features s':>10}")
+  per_object = []
   for layer in (int(v) for v in args.layers.split(",")):
     t = time.perf_counter()
     feats = tower_features(images, layer)
@@ -108,6 +141,15 @@ def main():
     (ca, co), (sa, so) = probe(feats, colours, 6), probe(feats, shapes, 5)
     name = "random (main job)" if layer == 0 else f"DINOv2-S/14 block {layer}"
     print(f"{name:>22}  {ca:10.1%}  {co:8.1%}  {sa:9.1%}  {so:8.1%}  {secs:10.1f}")
+    tok = object_tokens(feats, objects[:, :3], args.size)
+    tok = (tok - tok.mean(1, keepdims=True)) / (tok.std(1, keepdims=True) + 1e-6)
+    shape, colour = objects[:, 3].astype(np.int32), objects[:, 4].astype(np.int32)
+    per_object.append((name, probe(tok, shape[:, None] + 1, 5)[1], probe(tok, colour[:, None] + 1, 6)[1],
+                       variance_share(tok, shape), variance_share(tok, colour)))
+  print(f"\none token per object (under its centre, LayerNorm'ed), {args.size} px:")
+  print(f"{'tower / block':>22}  {'shape probe':>11}  {'colour probe':>12}  {'shape var':>9}  {'colour var':>10}")
+  for name, sp, cp, sv, cv in per_object:
+    print(f"{name:>22}  {sp:11.1%}  {cp:12.1%}  {sv:9.1%}  {cv:10.1%}")
 
 
 if __name__ == "__main__":
