@@ -144,10 +144,12 @@ def main():
     tok = object_tokens(feats, objects[:, :3], args.size)
     tok = (tok - tok.mean(1, keepdims=True)) / (tok.std(1, keepdims=True) + 1e-6)
     shape, colour = objects[:, 3].astype(np.int32), objects[:, 4].astype(np.int32)
-    per_object.append((name, probe(tok, shape[:, None] + 1, 5)[1], probe(tok, colour[:, None] + 1, 6)[1],
+    per_object.append((name, probe(tok, shape[:, None] + 1, 5)[1],
+                       probe(tok, colour[:, None] + 1, 6)[1],
                        variance_share(tok, shape), variance_share(tok, colour)))
   print(f"\none token per object (under its centre, LayerNorm'ed), {args.size} px:")
-  print(f"{'tower / block':>22}  {'shape probe':>11}  {'colour probe':>12}  {'shape var':>9}  {'colour var':>10}")
+  print(f"{'tower / block':>22}  {'shape probe':>11}  {'colour probe':>12}  {'shape var':>9}  "
+        f"{'colour var':>10}")
   for name, sp, cp, sv, cv in per_object:
     print(f"{name:>22}  {sp:11.1%}  {cp:12.1%}  {sv:9.1%}  {cv:10.1%}")
 
