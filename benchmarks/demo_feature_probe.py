@@ -70,10 +70,9 @@ def scenes_and_labels(n: int, size: int):
     c, h = np.zeros(9, np.int32), np.zeros(9, np.int32)
     for o in s["meta"]["objects"]:
       cell = o["cell"][0] * 3 + o["cell"][1]
-      c[cell] = 1 + tuple(scenes.COLORS).index(o["color"])
-      h[cell] = 1 + scenes.SHAPES.index(o["shape"])
-      objects.append((i, *o["center"], scenes.SHAPES.index(o["shape"]),
-                      tuple(scenes.COLORS).index(o["color"])))
+      shape, colour = scenes.SHAPES.index(o["shape"]), tuple(scenes.COLORS).index(o["color"])
+      c[cell], h[cell] = 1 + colour, 1 + shape
+      objects.append((i, *o["center"], shape, colour))
     colours.append(c)
     shapes.append(h)
   return np.stack(images), np.stack(colours), np.stack(shapes), np.asarray(objects, np.float32)
