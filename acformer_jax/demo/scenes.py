@@ -202,13 +202,13 @@ def generate(task: str, split: str, num: int, *, image_size: int, seed: int = 0,
       conv = [{"from": "human", "value": f"{IMAGE_TOKEN}\n{question}\n{SHORT_ANSWER_SUFFIX}"},
               {"from": "gpt", "value": answer}]
       if split == "train" and rng.random() < 0.5:
-        conv += _followup(objs, rng)
+        conv += followup(objs, rng)
       meta = {"category": cat, "question": question, "answer": answer,
               "objects": [{k: o[k] for k in ("shape", "color", "size", "cell", "center") if k in o} for o in objs]}
     yield {"id": sid, "image": img, "conversations": conv, "meta": meta}
 
 
-def _followup(objs: Sequence[dict], rng) -> List[dict]:
+def followup(objs: Sequence[dict], rng) -> List[dict]:
   """A second, balanced yes/no turn about the same scene."""
   present = {(o["shape"], o["color"]) for o in objs}
   if rng.random() < 0.5:
