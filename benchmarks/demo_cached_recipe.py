@@ -13,8 +13,15 @@ which shows whether the model separates the two answers even where it always say
 
 This is a search tool, not the trainer: no packing, no checkpoints, no sharding. A recipe it
 finds must be confirmed with ``python -m acformer_jax.train`` (docs/training.md "DINOv2 demo").
-``--followups N`` replaces the training samples' second turn with N balanced existence turns
-(``scenes.followup``).
+Diagnostics for what limits the LLM:
+
+* ``--followups N`` replaces the training samples' second turn with N balanced existence turns
+  (``scenes.followup``).
+* ``--oracle`` skips the tower: each patch under an object gets that object's colour, shape and
+  size as one-hot entries (plus small noise), every other token noise; the visual input is then
+  as clean as it can be, and what is not learnt is the LLM's limit.
+* ``--text_steps N`` first trains the LLM alone on the scenes written out as text (the caption,
+  then the question) and evaluates it on the held-out scenes written the same way.
 """
 from __future__ import annotations
 
@@ -76,10 +83,10 @@ def tower_outputs(samples, mc: config_lib.ModelConfig, batch: int = 50):
   return np.concatenate(feats), np.concatenate(attn), params
 
 
-def padded(samples, template: str, encoder, mc: config_lib.ModelConfig):
+def padded(samples, template: str, encoder, mc: config_lib.ModelConfig, has_image: bool = True):
   """Ids, labels and mask ``[N, L]`` of each sample on its own right-padded row."""
   nv = config_lib.num_visual_tokens(mc)
-  rows = [tokenize_conversation(s["conversations"], has_image=True, template=template,
+  rows = [tokenize_conversation(s["conversations"], has_image=has_image, template=template,
                                 encoder=encoder, num_visual_tokens=nv,
                                 image_token_id=mc.image_token_id, max_length=512) for s in samples]
   width = max(len(r.input_ids) for r in rows)
@@ -131,13 +138,15 @@ def train_stage(params, data, steps: int, per_step: int, lr: float, fwd, seed: i
   return {**frozen, **trainable}, float(np.mean(losses[-20:]))
 
 
-def evaluator(test, feats, attn, encoder, mc, fwd, max_new: int = 5):
-  """``params -> (scores, existence AUC)`` on the held-out questions."""
+def evaluator(test, feats, attn, encoder, mc, fwd, max_new: int = 5, text: bool = False):
+  """``params -> (scores, existence AUC)`` on the held-out questions (``text``: the scenes
+  written out, as :func:`as_text`, and no image)."""
   import sentencepiece as spm  # pylint: disable=import-outside-toplevel
   sp = spm.SentencePieceProcessor(model_file=str(pathlib.Path(demo_tokenizer.build()) / "tokenizer.model"))
   nv = config_lib.num_visual_tokens(mc)
-  prompts = [encode_generation_prompt(encoder, s["meta"]["question"] + "\n" + scenes.SHORT_ANSWER_SUFFIX,
-                                      has_image=True, num_visual_tokens=nv,
+  prompts = [encode_generation_prompt(encoder, (scenes.caption(s["meta"]["objects"]) + "\n" if text else "")
+                                      + s["meta"]["question"] + "\n" + scenes.SHORT_ANSWER_SUFFIX,
+                                      has_image=not text, num_visual_tokens=nv,
                                       image_token_id=mc.image_token_id) for s in test]
   lens = np.asarray([len(p) for p in prompts], np.int32)
   ids = np.full((len(test), lens.max() + max_new), encoder.pad_id, np.int32)
@@ -174,6 +183,34 @@ def evaluator(test, feats, attn, encoder, mc, fwd, max_new: int = 5):
   return run
 
 
+def oracle_features(samples, like: np.ndarray, grid: int, seed: int = 0) -> np.ndarray:
+  """Symbolic tower outputs shaped like ``like`` ``[N, 1 + grid**2, D]`` (see ``--oracle``)."""
+  colours, rng = tuple(scenes.COLORS), np.random.default_rng(seed)
+  out = 0.05 * rng.normal(size=(len(samples),) + like.shape[1:]).astype(np.float32)
+  per_cell = grid // 3
+  for k, s in enumerate(samples):
+    for o in s["meta"]["objects"]:
+      v = np.zeros(like.shape[-1], np.float32)
+      v[colours.index(o["color"])] = v[5 + scenes.SHAPES.index(o["shape"])] = 1.0
+      v[9] = float(o["size"] == "large")
+      r, c = o["cell"]
+      for dr in range(per_cell):
+        for dc in range(per_cell):
+          out[k, 1 + (r * per_cell + dr) * grid + c * per_cell + dc] += v
+  return out
+
+
+def as_text(samples):
+  """Each sample without its image: the scene's caption, then the first question, as text."""
+  out = []
+  for s in samples:
+    conv = s["conversations"]
+    question = conv[0]["value"].replace(scenes.IMAGE_TOKEN, "").strip()
+    out.append({**s, "conversations": [{"from": "human", "value": scenes.caption(s["meta"]["objects"])
+                                        + "\n" + question}] + conv[1:]})
+  return out
+
+
 def with_followups(samples, n: int, seed: int):
   """Each sample's first turn plus ``n`` balanced existence turns about its scene."""
   rng = np.random.default_rng(seed)
@@ -202,6 +239,8 @@ def main():
   ap.add_argument("--followups", type=int, default=-1,
                   help="-1: the dataset's second turns; N >= 0: N existence turns per sample")
   ap.add_argument("--eval_every", type=int, default=200)
+  ap.add_argument("--oracle", action="store_true", help="symbolic visual input, no tower")
+  ap.add_argument("--text_steps", type=int, default=0, help="a text-only stage first")
   ap.add_argument("--seed", type=int, default=0)
   args = ap.parse_args()
 
@@ -212,8 +251,16 @@ def main():
   caps, qas, test = gen("caption", "train", args.num_train), gen("qa", "train", args.num_train), gen("qa", "test", 500)
   if args.followups >= 0:
     qas = with_followups(qas, args.followups, args.seed)
-  (cf, ca, vision), (qf, qa_, _), (tf, ta, _) = (tower_outputs(x, mc) for x in (caps, qas, test))
-  print(f"tower outputs for {len(caps) + len(qas) + len(test)} images: {time.time() - t0:.0f} s", flush=True)
+  if args.oracle:
+    grid = args.size // mc.vision.patch_size
+    shape = np.zeros((1, 1 + grid * grid, mc.vision.hidden_size), np.float32)
+    attn = lambda x: np.full((len(x), mc.vision.num_heads, grid * grid), 1.0 / grid ** 2, np.float32)  # noqa: E731
+    (cf, ca), (qf, qa_), (tf, ta) = ((oracle_features(x, shape, grid, i), attn(x))
+                                     for i, x in enumerate((caps, qas, test)))
+    _, vision = load_hf_vision(recipe.DINOV2_DIR, select_layer=mc.vision.select_layer)
+  else:
+    (cf, ca, vision), (qf, qa_, _), (tf, ta, _) = (tower_outputs(x, mc) for x in (caps, qas, test))
+  print(f"visual inputs for {len(caps) + len(qas) + len(test)} scenes: {time.time() - t0:.0f} s", flush=True)
 
   model = MultimodalLM(mc)
   nv = config_lib.num_visual_tokens(mc)
@@ -223,18 +270,30 @@ def main():
   fwd = logits_fn(model)
   evaluate = evaluator(test, jnp.asarray(tf), jnp.asarray(ta), encoder, mc, fwd)
 
-  def report(step, p, loss):
-    scores, auc = evaluate(p)
-    cats = " ".join(f"{c} {v:.0f}" for c, v in sorted(scores["per_category"].items()))
-    print(f"stage 2 step {step}: loss {loss:.3f}  held-out {scores['overall']:.1f}  {cats}  "
-          f"existence AUC {auc:.3f}  ({time.time() - t0:.0f} s)", flush=True)
+  def reporter(name, run_eval):
+    def report(step, p, loss):
+      scores, auc = run_eval(p)
+      cats = " ".join(f"{c} {v:.0f}" for c, v in sorted(scores["per_category"].items()))
+      print(f"{name} step {step}: loss {loss:.3f}  held-out {scores['overall']:.1f}  {cats}  "
+            f"existence AUC {auc:.3f}  ({time.time() - t0:.0f} s)", flush=True)
+    return report
+
+  if args.text_steps:
+    text = as_text(qas)
+    blank = lambda n: (np.zeros((n,) + qf.shape[1:], np.float32), np.zeros((n,) + qa_.shape[1:], np.float32))  # noqa: E731
+    evaluate_text = evaluator(test, *(jnp.asarray(a) for a in blank(len(test))), encoder, mc, fwd, text=True)
+    params, _ = train_stage(params, (*blank(len(text)), *padded(text, "vicuna_v1", encoder, mc, False)),
+                            args.text_steps, args.stage2_batch, args.lr, fwd, args.seed + 2,
+                            reporter("text-only stage", evaluate_text), args.eval_every)
 
   if args.stage1_steps:
     params, loss = train_stage(params, (cf, ca, *padded(caps, "plain", encoder, mc)), args.stage1_steps,
                                args.stage1_batch, args.lr, fwd, args.seed)
     print(f"stage 1: {args.stage1_steps} steps, loss {loss:.3f} ({time.time() - t0:.0f} s)", flush=True)
-  train_stage(params, (qf, qa_, *padded(qas, "vicuna_v1", encoder, mc)), args.stage2_steps,
-              args.stage2_batch, args.lr, fwd, args.seed + 1, report, args.eval_every)
+  if args.stage2_steps:
+    train_stage(params, (qf, qa_, *padded(qas, "vicuna_v1", encoder, mc)), args.stage2_steps,
+                args.stage2_batch, args.lr, fwd, args.seed + 1, reporter("stage 2", evaluate),
+                args.eval_every)
 
 
 if __name__ == "__main__":

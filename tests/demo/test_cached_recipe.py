@@ -57,3 +57,28 @@ def test_followups_replace_the_second_turn_with_balanced_existence_turns():
       assert q["value"].startswith("Is there a ") and a["value"] in ("yes", "no")
       answers.append(a["value"])
   assert 25 < answers.count("yes") < 55
+
+
+def test_oracle_features_mark_each_object_on_the_patches_of_its_cell():
+  samples = list(scenes.generate("qa", "test", 6, image_size=84, with_images=False))
+  feats = cr.oracle_features(samples, np.zeros((1, 37, 16), np.float32), grid=6)
+  assert feats.shape == (6, 37, 16)
+  for k, s in enumerate(samples):
+    marked = {i - 1 for i in range(1, 37) if feats[k, i, :10].max() > 0.5}
+    want = set()
+    for o in s["meta"]["objects"]:
+      r, c = o["cell"]
+      want |= {(2 * r + dr) * 6 + 2 * c + dc for dr in (0, 1) for dc in (0, 1)}
+      patch = feats[k, 1 + 2 * r * 6 + 2 * c]
+      assert np.argmax(patch[:5]) == tuple(scenes.COLORS).index(o["color"])
+      assert np.argmax(patch[5:9]) == scenes.SHAPES.index(o["shape"])
+    assert marked == want
+
+
+def test_as_text_writes_the_scene_before_the_question_and_drops_the_image():
+  samples = list(scenes.generate("qa", "train", 4, image_size=56, with_images=False))
+  for s, t in zip(samples, cr.as_text(samples)):
+    first = t["conversations"][0]["value"]
+    assert scenes.IMAGE_TOKEN not in first
+    assert first.startswith(scenes.caption(s["meta"]["objects"]) + "\n" + s["meta"]["question"])
+    assert t["conversations"][1:] == s["conversations"][1:]
