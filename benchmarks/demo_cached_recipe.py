@@ -108,7 +108,7 @@ def logits_fn(model: MultimodalLM):
 
 def train_stage(params, data, steps: int, per_step: int, lr: float, fwd, seed: int, on_eval=None,
                 eval_every: int = 0):
-  """Adam over ``connector`` and ``llm`` (the tower stays frozen) for ``steps`` steps."""
+  """The trainer's optimizer over ``connector`` and ``llm`` (the tower stays frozen), ``steps`` steps."""
   trainable = {k: params[k] for k in ("connector", "llm")}
   frozen = {"vision": params["vision"]}
   tx, _ = optim.make_optimizer({"lr": lr}, steps)
