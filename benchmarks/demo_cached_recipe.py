@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import pathlib
 import time
 
@@ -36,10 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import linen as nn
-from PIL import Image
 
 from acformer_jax import config as config_lib
 from acformer_jax.conversion.towers import load_hf_vision
+from acformer_jax.data.preprocess import preprocess_image
 from acformer_jax.data.templates import IGNORE_INDEX, encode_generation_prompt, tokenize_conversation
 from acformer_jax.data.tokenizer import load_encoder
 from acformer_jax.demo import recipe, scenes, scoring
@@ -66,21 +65,21 @@ def model_config(args) -> config_lib.ModelConfig:
   return dataclasses.replace(mc, vision=vision, llm=llm, connector=conn)
 
 
-def tower_outputs(samples, mc: config_lib.ModelConfig, batch: int = 50):
-  """``(features, anchor_attn)`` of the frozen tower for every sample's image."""
-  _, params = load_hf_vision(recipe.DINOV2_DIR, select_layer=mc.vision.select_layer)
+def tower_outputs(samples, mc: config_lib.ModelConfig, params, batch: int = 50):
+  """``(features, anchor_attn)`` of the frozen tower (``params``) for every sample's image,
+  preprocessed as the training pipeline does."""
   module = towers.build(mc.vision)
   entry = towers.tower(mc.vision.tower)
-  mean, std = np.asarray(entry.image_mean, np.float32), np.asarray(entry.image_std, np.float32)
   fwd = jax.jit(lambda p, x: module.apply({"params": p}, x))
   feats, attn = [], []
   for i in range(0, len(samples), batch):
-    x = np.stack([np.asarray(Image.open(io.BytesIO(s["image"])).convert("RGB"), np.float32) / 255
+    x = np.stack([preprocess_image(s["image"], mc.vision.image_size, pad_to_square=True,
+                                   mean=entry.image_mean, std=entry.image_std)
                   for s in samples[i:i + batch]])
-    f, a = fwd(params, (x - mean) / std)
+    f, a = fwd(params, x)
     feats.append(np.asarray(f))
     attn.append(np.asarray(a))
-  return np.concatenate(feats), np.concatenate(attn), params
+  return np.concatenate(feats), np.concatenate(attn)
 
 
 def padded(samples, template: str, encoder, mc: config_lib.ModelConfig, has_image: bool = True):
@@ -251,15 +250,15 @@ def main():
   caps, qas, test = gen("caption", "train", args.num_train), gen("qa", "train", args.num_train), gen("qa", "test", 500)
   if args.followups >= 0:
     qas = with_followups(qas, args.followups, args.seed)
+  _, vision = load_hf_vision(recipe.DINOV2_DIR, select_layer=mc.vision.select_layer)
   if args.oracle:
     grid = args.size // mc.vision.patch_size
     shape = np.zeros((1, 1 + grid * grid, mc.vision.hidden_size), np.float32)
     attn = lambda x: np.full((len(x), mc.vision.num_heads, grid * grid), 1.0 / grid ** 2, np.float32)  # noqa: E731
     (cf, ca), (qf, qa_), (tf, ta) = ((oracle_features(x, shape, grid, i), attn(x))
                                      for i, x in enumerate((caps, qas, test)))
-    _, vision = load_hf_vision(recipe.DINOV2_DIR, select_layer=mc.vision.select_layer)
   else:
-    (cf, ca, vision), (qf, qa_, _), (tf, ta, _) = (tower_outputs(x, mc) for x in (caps, qas, test))
+    (cf, ca), (qf, qa_), (tf, ta) = (tower_outputs(x, mc, vision) for x in (caps, qas, test))
   print(f"visual inputs for {len(caps) + len(qas) + len(test)} scenes: {time.time() - t0:.0f} s", flush=True)
 
   model = MultimodalLM(mc)
