@@ -143,7 +143,7 @@ def evaluator(test, feats, attn, encoder, mc, fwd, max_new: int = 5, text: bool 
   import sentencepiece as spm  # pylint: disable=import-outside-toplevel
   sp = spm.SentencePieceProcessor(model_file=str(pathlib.Path(demo_tokenizer.build()) / "tokenizer.model"))
   nv = config_lib.num_visual_tokens(mc)
-  prompts = [encode_generation_prompt(encoder, (scenes.caption(s["meta"]["objects"]) + "\n" if text else "")
+  prompts = [encode_generation_prompt(encoder, (scene_text(s) if text else "")
                                       + s["meta"]["question"] + "\n" + scenes.SHORT_ANSWER_SUFFIX,
                                       has_image=not text, num_visual_tokens=nv,
                                       image_token_id=mc.image_token_id) for s in test]
@@ -199,14 +199,18 @@ def oracle_features(samples, like: np.ndarray, grid: int, seed: int = 0) -> np.n
   return out
 
 
+def scene_text(sample) -> str:
+  """The text that stands for a sample's image in the text-only stage: its caption, a newline."""
+  return scenes.caption(sample["meta"]["objects"]) + "\n"
+
+
 def as_text(samples):
   """Each sample without its image: the scene's caption, then the first question, as text."""
   out = []
   for s in samples:
     conv = s["conversations"]
     question = conv[0]["value"].replace(scenes.IMAGE_TOKEN, "").strip()
-    out.append({**s, "conversations": [{"from": "human", "value": scenes.caption(s["meta"]["objects"])
-                                        + "\n" + question}] + conv[1:]})
+    out.append({**s, "conversations": [{"from": "human", "value": scene_text(s) + question}] + conv[1:]})
   return out
 
 
@@ -246,7 +250,8 @@ def main():
   mc = model_config(args)
   encoder = load_encoder(demo_tokenizer.build())
   t0 = time.time()
-  gen = lambda task, split, n: list(scenes.generate(task, split, n, image_size=args.size))  # noqa: E731
+  gen = lambda task, split, n: list(scenes.generate(task, split, n, image_size=args.size,  # noqa: E731
+                                                    with_images=not args.oracle))
   caps, qas, test = gen("caption", "train", args.num_train), gen("qa", "train", args.num_train), gen("qa", "test", 500)
   if args.followups >= 0:
     qas = with_followups(qas, args.followups, args.seed)
